@@ -1,0 +1,6 @@
+"""NumPy golden model of ORBIS token reduction (no amaranth or cocotb imports)."""
+
+from .core import *  # noqa: F401,F403
+from .core import __all__ as _core_all
+
+__all__ = list(_core_all)

@@ -1,0 +1,1 @@
+"""Project flows: benchmarks, synthesis reports, evaluation."""
