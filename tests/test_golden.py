@@ -354,3 +354,13 @@ def test_cogvideox_shape_memory_bounded():
     assert res.r == grid.N // 2
     dense = grid.N * grid.N * 8
     assert peak < dense / 10, f"peak {peak / 1e6:.0f} MB"
+
+
+def test_shift_headroom_lowers_shift_and_clamps():
+    g = np.array([[1000, -20, 35]], dtype=np.int16)
+    s0, s2 = G.shift_for(g, 4), G.shift_for(g, 4, headroom=2)
+    assert (s0, s2) == (7, 5)
+    q, _ = G.quantize(g, s2, 4)
+    assert q.tolist() == [[7, -1, 1]]     # 1000/32 clamps to 7; -20/32 -> -1; 35/32 -> 1
+    with pytest.raises(ValueError, match="headroom must be in"):
+        G.shift_for(g, 4, headroom=-1)
