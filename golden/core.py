@@ -180,7 +180,7 @@ def window_count(grid: Grid) -> int:
 
 
 def initial_dst(grid: Grid, seed: int) -> np.ndarray:
-    """Token index of each window's initial dst, in window raster order (ascending)."""
+    """Token index of each window's initial dst, in window raster order (not always ascending)."""
     nf, nh, nw = window_shape(grid)
     sf, sh, sw = grid.window
     wf_, wh_, ww_ = np.meshgrid(np.arange(nf), np.arange(nh), np.arange(nw), indexing="ij")
