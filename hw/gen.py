@@ -7,19 +7,31 @@ Blocks are listed in :data:`BLOCKS` as ``name: "module:Class"``; each class is a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib
 import json
 import sys
 from pathlib import Path
 
-from amaranth.back import verilog
+from amaranth.back import rtlil, verilog
+from amaranth.hdl import Shape
 from amaranth.lib import wiring
 
 from .params import PRESETS, ParamError, preset
 
 # name -> "module:Class". The top-level unit is generated as "top".
 BLOCKS = {
+    "top": "hw.top:TokenReductionUnit",
+    "mapbuf": "hw.mapbuf:MapBuffer",
+    "quantizer": "hw.quantizer:Quantizer",
+    "similarity": "hw.similarity:SimilarityEngine",
+    "matcher": "hw.matcher:TokenMatcher",
+    "dstinit": "hw.dstinit:DstInit",
+    "histogram": "hw.histogram:Histogram",
+    "threshold": "hw.threshold:Threshold",
+    "merger": "hw.merge:Merger",
+    "unmerger": "hw.merge:Unmerger",
 }
 
 
@@ -41,13 +53,39 @@ def port_list(component: wiring.Component) -> list:
         ports.append({
             "name": "__".join(str(p) for p in path),
             "dir": "input" if member.flow == wiring.In else "output",
-            "width": len(value),
+            "width": Shape.cast(member.shape).width,
         })
     return ports
 
 
+@contextlib.contextmanager
+def _skip_zero_meminit():
+    """Do not emit all-zero memory initial contents.
+
+    Amaranth writes a memory's initial contents bit by bit, which at ``N_max`` of thousands
+    takes minutes and megabytes of Verilog for contents that are all zero. No block here
+    depends on a memory's contents after reset (each clears or writes before it reads, as an
+    ASIC SRAM requires), so all-zero contents are dropped. Amaranth has no public switch for
+    this; the patch is scoped to one conversion.
+    """
+    emitter = rtlil.ModuleEmitter
+    original = emitter.emit_memory
+
+    def emit_memory(self, cell_idx, cell):
+        if any(cell.init):
+            original(self, cell_idx, cell)
+
+    emitter.emit_memory = emit_memory
+    try:
+        yield
+    finally:
+        emitter.emit_memory = original
+
+
 def to_verilog(component: wiring.Component, name: str) -> str:
-    return verilog.convert(component, name=name, emit_src=False)
+    """Deterministic Verilog of ``component`` (no source locations, no machine paths)."""
+    with _skip_zero_meminit():
+        return verilog.convert(component, name=name, emit_src=False)
 
 
 def generate(params, out_dir: Path, blocks=None, log=print) -> dict:

@@ -15,7 +15,10 @@ import time
 from pathlib import Path
 
 BENCHES = [
+    "tools.bench_similarity:run",
     "tools.bench_golden:run",
+    "tools.bench_matcher:run",
+    "tools.bench_merge:run",
 ]
 
 OUT = Path("build/bench/bench.json")

@@ -1,0 +1,266 @@
+"""TokenReductionUnit: the top level of the ORBIS token-reduction hardware.
+
+Order of a call (DESIGN.md sections 1 and 4)::
+
+    step t-1 block output --guide--> [match]  -> map (back bank)
+    call_start:  back bank becomes front (unless reusing the previous map)
+    x  --> [merge]   --> reduced  --> attention (outside) --> y
+    y  --> [unmerge] --> restored
+
+Matching for call ``k+1`` (its guide is the output of step ``t``, ready one step early) runs in
+the matcher while call ``k``'s merge and unmerge stream from the other map bank: the map is
+double-buffered (:class:`~hw.mapbuf.MapBuffer`), which is how the matcher's latency hides.
+A call may reuse the previous map without matching (``call_reuse``: the matching cache).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from . import layouts
+from .mapbuf import MapBuffer
+from .matcher import TokenMatcher, matcher_config
+from .merge import Merger, Unmerger
+from .params import OrbisParams, ParamError
+
+__all__ = ["TokenReductionUnit", "CallError"]
+
+
+class CallError:
+    """Bits of ``TokenReductionUnit.call_error``."""
+    NO_MAP = 1      # call_start without a fresh map, none being matched, and no reuse
+
+
+class TokenReductionUnit(wiring.Component):
+    """Guide in, x in / reduced out, y in / restored out, map out; config and status.
+
+    Parameters
+    ----------
+    params : OrbisParams
+
+    Members
+    -------
+    cfg : In(matcher_config(params))
+        Matching configuration (grid, window, target ``r`` or budget ``tau``, rounds, quota,
+        seed, shift), sampled at ``match_start``.
+    match_start : In(1)
+        Pulse: match the next call on ``guide``; the map goes to the back bank. Ignored while
+        the matcher is busy.
+    guide : In(stream(guide_beat))
+        The call's guide tokens (``N * D/L`` beats).
+    call_start, call_reuse : In(1), In(1)
+        Pulse ``call_start`` while ``call_busy`` and ``map_busy`` are low (it is ignored
+        otherwise): run a call's merge then unmerge. With
+        ``call_reuse`` low the call uses the newest matched map (waiting for a match in
+        progress if there is no fresh one); high, it reuses the front map.
+    x : In(stream(x_beat))
+        Activations of the call, ``N * Dx/Lx`` beats in token order.
+    reduced : Out(stream(x_beat))
+        The reduced sequence, ``(N - r) * Dx/Lx`` beats, kept tokens in token order.
+    y : In(stream(x_beat))
+        Attention outputs of the reduced sequence, ``(N - r) * Dx/Lx`` beats.
+    restored : Out(stream(x_beat))
+        ``N * Dx/Lx`` beats in token order.
+    map_read : In(1)
+        Pulse while idle: stream the front map to ``map``.
+    map : Out(stream(map_entry))
+    match_busy, call_busy, map_busy : Out(1)
+    match_error, match_error_code : Out(1), Out(3)
+        The matcher rejected the last configuration (see :class:`hw.matcher.MatcherError`).
+    call_error : Out(2)
+        Sticky until the next ``call_start``; see :class:`CallError`.
+    fresh : Out(1)
+        A matched map is waiting in the back bank.
+    n_tokens, r : Out(count_bits)
+        Token count and merges of the front map.
+    max_abs : Out(17)
+        Largest ``|g|`` the matcher saw in its last call (for the next call's shift).
+    cyc_match, cyc_call, cyc_overlap : Out(32)
+        Since reset or ``cnt_clear``: cycles the matcher was busy, cycles a call was running,
+        and cycles the matcher was busy while a merge/unmerge stream transferred.
+    cnt_clear : In(1)
+    matcher : TokenMatcher
+        The matcher submodule, whose per-phase counters are reachable for simulation.
+    """
+
+    def __init__(self, params: OrbisParams):
+        if not isinstance(params, OrbisParams):
+            raise ParamError(f"params must be an OrbisParams, not {type(params).__name__}")
+        self._p = params
+        p = params
+        cb = p.count_bits
+        xb = layouts.x_beat(p)
+        self.matcher = TokenMatcher(p)
+        self.mapbuf = MapBuffer(p)
+        self.merger = Merger(p)
+        self.unmerger = Unmerger(p)
+        super().__init__({
+            "cfg": In(matcher_config(p)),
+            "match_start": In(1),
+            "guide": In(stream.Signature(layouts.guide_beat(p))),
+            "call_start": In(1),
+            "call_reuse": In(1),
+            "x": In(stream.Signature(xb)),
+            "reduced": Out(stream.Signature(xb)),
+            "y": In(stream.Signature(xb)),
+            "restored": Out(stream.Signature(xb)),
+            "map_read": In(1),
+            "map": Out(stream.Signature(layouts.map_entry(p))),
+            "match_busy": Out(1),
+            "call_busy": Out(1),
+            "map_busy": Out(1),
+            "match_error": Out(1),
+            "match_error_code": Out(3),
+            "call_error": Out(2),
+            "fresh": Out(1),
+            "n_tokens": Out(cb),
+            "r": Out(cb),
+            "max_abs": Out(17),
+            "cyc_match": Out(32),
+            "cyc_call": Out(32),
+            "cyc_overlap": Out(32),
+            "cnt_clear": In(1),
+        })
+
+    @property
+    def params(self) -> OrbisParams:
+        return self._p
+
+    def elaborate(self, platform):
+        p = self._p
+        m = Module()
+        m.submodules.matcher = mt = self.matcher
+        m.submodules.mapbuf = mb = self.mapbuf
+        m.submodules.merger = mg = self.merger
+        m.submodules.unmerger = um = self.unmerger
+        cb = p.count_bits
+
+        # ---- matching into the back bank ---------------------------------------------------
+        wiring.connect(m, wiring.flipped(self.guide), mt.guide)
+        wiring.connect(m, mt.map, mb.w)
+        running = Signal()            # a match this unit started has not finished yet
+        fresh = Signal()
+        back_n = Signal(cb)
+        back_r = Signal(cb)
+        go_match = self.match_start & ~mt.busy & ~running
+        m.d.comb += [
+            mt.cfg.eq(self.cfg),
+            mt.start.eq(go_match),
+            mb.w_start.eq(go_match),
+            self.match_busy.eq(mt.busy | running),
+            self.match_error.eq(mt.error),
+            self.match_error_code.eq(mt.error_code),
+            self.max_abs.eq(mt.max_abs),
+            self.fresh.eq(fresh),
+        ]
+        # `done` is a level the matcher clears when it takes `start`, so from the cycle after
+        # `go_match` on, done & ~busy means this match has finished (error or not).
+        with m.If(go_match):
+            m.d.sync += [running.eq(1), fresh.eq(0)]
+        with m.Elif(running & mt.done & ~mt.busy):
+            m.d.sync += running.eq(0)
+            with m.If(~mt.error):
+                m.d.sync += [fresh.eq(1), back_n.eq(mb.w_count), back_r.eq(mt.r)]
+
+        # ---- calls: merge then unmerge from the front bank --------------------------------
+        front_n = Signal(cb)
+        front_r = Signal(cb)
+        have_map = Signal()
+        m.d.comb += [self.n_tokens.eq(front_n), self.r.eq(front_r)]
+        n_kept = Signal(cb)
+        m.d.comb += n_kept.eq(front_n - front_r)
+
+        # Map reader routing: 0 merger, 1 unmerger, 2 host.
+        route = Signal(2)
+        m.d.comb += [
+            mg.map.payload.eq(mb.r.payload),
+            um.map.payload.eq(mb.r.payload),
+            self.map.payload.eq(mb.r.payload),
+        ]
+        with m.Switch(route):
+            with m.Case(0):
+                m.d.comb += [mg.map.valid.eq(mb.r.valid), mb.r.ready.eq(mg.map.ready)]
+            with m.Case(1):
+                m.d.comb += [um.map.valid.eq(mb.r.valid), mb.r.ready.eq(um.map.ready)]
+            with m.Case(2):
+                m.d.comb += [self.map.valid.eq(mb.r.valid), mb.r.ready.eq(self.map.ready)]
+
+        wiring.connect(m, wiring.flipped(self.x), mg.x)
+        wiring.connect(m, mg.o, wiring.flipped(self.reduced))
+        wiring.connect(m, wiring.flipped(self.y), um.y)
+        wiring.connect(m, um.o, wiring.flipped(self.restored))
+        m.d.comb += [
+            mg.n_tokens.eq(front_n),
+            um.n_tokens.eq(front_n),
+            um.n_kept.eq(n_kept),
+            mb.rd_count.eq(front_n),
+        ]
+
+        call_error = Signal(2)
+        m.d.comb += self.call_error.eq(call_error)
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.call_start):
+                    m.d.sync += call_error.eq(0)
+                    with m.If(self.call_reuse & have_map):
+                        m.next = "MERGE_START"
+                    with m.Elif(~self.call_reuse):
+                        m.next = "WAIT_MAP"
+                    with m.Else():
+                        m.d.sync += call_error.eq(CallError.NO_MAP)
+                with m.Elif(self.map_read & have_map):
+                    m.d.comb += mb.rd_start.eq(1)
+                    m.d.sync += route.eq(2)
+                    m.next = "MAP_OUT"
+            with m.State("WAIT_MAP"):
+                m.d.comb += self.call_busy.eq(1)
+                with m.If(fresh & ~running):
+                    m.d.comb += mb.swap.eq(1)
+                    m.d.sync += [fresh.eq(0), have_map.eq(1),
+                                 front_n.eq(back_n), front_r.eq(back_r)]
+                    m.next = "MERGE_START"
+                with m.Elif(~running & ~self.match_start):
+                    m.d.sync += call_error.eq(CallError.NO_MAP)
+                    m.next = "IDLE"
+            with m.State("MERGE_START"):
+                # The merger may still be clearing its memories after a reset.
+                m.d.comb += self.call_busy.eq(1)
+                with m.If(~mg.busy):
+                    m.d.comb += [mg.start.eq(1), mb.rd_start.eq(1)]
+                    m.d.sync += route.eq(0)
+                    m.next = "MERGE"
+            with m.State("MERGE"):
+                m.d.comb += self.call_busy.eq(1)
+                with m.If(mg.done):
+                    m.next = "UNMERGE_START"
+            with m.State("UNMERGE_START"):
+                m.d.comb += self.call_busy.eq(1)
+                with m.If(~um.busy):
+                    m.d.comb += [um.start.eq(1), mb.rd_start.eq(1)]
+                    m.d.sync += route.eq(1)
+                    m.next = "UNMERGE"
+            with m.State("UNMERGE"):
+                m.d.comb += self.call_busy.eq(1)
+                with m.If(um.done):
+                    m.next = "IDLE"
+            with m.State("MAP_OUT"):
+                m.d.comb += self.map_busy.eq(1)
+                with m.If(~mb.rd_busy):
+                    m.next = "IDLE"
+
+        # ---- counters -----------------------------------------------------------------------
+        xfer = ((self.x.valid & self.x.ready) | (self.reduced.valid & self.reduced.ready) |
+                (self.y.valid & self.y.ready) | (self.restored.valid & self.restored.ready))
+        counters = [
+            (self.cyc_match, self.match_busy),
+            (self.cyc_call, self.call_busy),
+            (self.cyc_overlap, self.match_busy & xfer),
+        ]
+        for cnt, cond in counters:
+            with m.If(self.cnt_clear):
+                m.d.sync += cnt.eq(0)
+            with m.Elif(cond):
+                m.d.sync += cnt.eq(cnt + 1)
+        return m
