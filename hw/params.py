@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
-__all__ = ["OrbisParams", "ParamError", "PRESETS", "preset", "ceil_log2", "bits_for"]
+__all__ = ["OrbisParams", "ParamError", "PRESETS", "preset", "ceil_log2", "bits_for",
+           "DEFAULT_QUOTA_FRAC", "default_quota"]
 
 
 class ParamError(ValueError):
@@ -168,16 +169,29 @@ class OrbisParams:
         return dict(B=self.B, NB=self.NB, hist_mant=self.hist_mant)
 
 
+# Matching defaults chosen by `make eval` on real video (README, "Algorithm and defaults"):
+# B = 8, R = 8 rounds, quota = 0.05 N promotions per round, NB = 64, hist_mant = 3.
+# R is a generator parameter (the most rounds a call may ask for); the quota is per call.
+DEFAULT_QUOTA_FRAC = 0.05
+
+
+def default_quota(n_tokens: int) -> int:
+    """Promotions per coverage round for a call of ``n_tokens`` tokens (the eval's choice)."""
+    return max(1, round(DEFAULT_QUOTA_FRAC * n_tokens))
+
+
 PRESETS = {
-    # iCEBreaker (iCE40 UP5K): 5280 LUTs, 8 DSPs, 30 EBRs.
+    # iCEBreaker (iCE40 UP5K): 5280 LUTs, 8 DSPs, 30 EBRs. B = 4 and NB = 32 to fit; with 32
+    # bins, hist_mant = 3 would leave a 6-bit distance range, so 2 (9 bits). R = 2 keeps the
+    # per-round counters small.
     "ice40-small": OrbisParams(N_max=256, D=16, B=4, P=2, L=4, Dx=8, Wx=8, Lx=8, NB=32,
-                               hist_mant=2, R=1),
+                               hist_mant=2, R=2),
     # ULX3S (ECP5-85F).
     "ecp5-default": OrbisParams(N_max=1024, D=64, B=8, P=8, L=8, Dx=64, Wx=16, Lx=8, NB=64,
-                                hist_mant=2, R=2),
+                                hist_mant=3, R=8),
     # ASIC estimate at the CogVideoX-2b shape: 13 x 30 x 45 latent tokens, head dim 64.
     "cogvideox-2b": OrbisParams(N_max=17550, D=64, B=8, P=32, L=16, Dx=64, Wx=16, Lx=16,
-                                NB=64, hist_mant=2, R=2),
+                                NB=64, hist_mant=3, R=8),
 }
 
 
