@@ -7,6 +7,9 @@ board          platform               preset           clock   UART
 ``ulx3s``      ULX3S 85F, ECP5-85F    ``ecp5-default`` 25 MHz  FTDI (US1)
 =============  =====================  ===============  ======  ==========
 
+The iCEBreaker applies :data:`ICEBREAKER_OVERRIDES` to its preset so that the unit fits the
+UP5K (see the comment there and docs/fpga.md).
+
 LED 0 is lit while a frame is received, executed or answered; LED 1 is lit for about a
 tenth of a second after an error reply.
 """
@@ -22,7 +25,8 @@ from hw.params import ParamError, preset
 
 from .link import LinkTop, make_core
 
-__all__ = ["BOARDS", "BoardSpec", "BoardTop", "board_spec", "platform_for"]
+__all__ = ["BOARDS", "BoardSpec", "BoardTop", "board_spec", "platform_for",
+           "ICEBREAKER_OVERRIDES"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,11 @@ class BoardSpec:
     bitstream: str        # file name suffix of the bitstream
     programmer: str       # tool that programs the board
     programmer_hint: str  # how to install it
+    overrides: tuple = ()  # (name, value) pairs applied to the preset for this board
+
+    def params(self, **extra):
+        """The board's generator parameters: its preset, its overrides, then ``extra``."""
+        return preset(self.preset, **{**dict(self.overrides), **extra})
 
     def platform_class(self):
         if self.name == "icebreaker":
@@ -54,10 +63,20 @@ class BoardSpec:
         return ULX3S85FBuildOnly
 
 
+# The token-reduction unit at plain ice40-small plus the link needs 6389 of the UP5K's 5280
+# logic cells and 9 of its 8 DSPs (docs/fpga.md). The iCEBreaker build therefore narrows the
+# datapaths: 2 guide elements per lane-cycle (quantizer and similarity lanes halve), one dst
+# lane, 4 activation elements of 8 bits per token (one beat), and at most 64 tokens per call
+# (narrower counters and address paths; 2x4x8 grids), and one coverage round (R = 1; with
+# the preset's R = 2 the design needs 4992 cells, 94 %, and nextpnr's router congests).
+# Matching is exact (golden model) at any setting; L and P only change the cycle count.
+ICEBREAKER_OVERRIDES = (("N_max", 64), ("L", 2), ("P", 1), ("Dx", 4), ("Lx", 4), ("R", 1))
+
 BOARDS = {
     "icebreaker": BoardSpec("icebreaker", "ice40-small", 12_000_000, 115200, 512, "bin",
                             "iceprog", "install icestorm's iceprog (e.g. `apt install "
-                            "fpga-icestorm`, or the oss-cad-suite), or set ICEPROG"),
+                            "fpga-icestorm`, or the oss-cad-suite), or set ICEPROG",
+                            ICEBREAKER_OVERRIDES),
     "ulx3s": BoardSpec("ulx3s", "ecp5-default", 25_000_000, 115200, 1024, "bit",
                        "openFPGALoader", "install openFPGALoader (e.g. `apt install "
                        "openfpgaloader`, or the oss-cad-suite), or set OPENFPGALOADER"),
@@ -85,14 +104,14 @@ class BoardTop(Elaboratable):
         ``"echo"`` (stand-in) or ``"tru"`` (the token-reduction unit), see
         :func:`fpga.link.make_core`.
     params : OrbisParams or None
-        Defaults to the board's preset.
+        Defaults to the board's preset with its overrides (:meth:`BoardSpec.params`).
     baud : int or None
         Defaults to the board's 115200.
     """
 
-    def __init__(self, board: str, *, core: str = "echo", params=None, baud=None):
+    def __init__(self, board: str, *, core: str = "tru", params=None, baud=None):
         self.spec = spec = board_spec(board)
-        self.params = params or preset(spec.preset)
+        self.params = params or spec.params()
         self.baud = baud or spec.baud
         divisor = round(spec.clk_hz / self.baud)
         if abs(spec.clk_hz / divisor - self.baud) > 0.02 * self.baud:

@@ -22,6 +22,7 @@ from pathlib import Path
 from hw.params import ParamError
 
 from .boards import BOARDS, BoardTop, board_spec
+from .link import CORE_KINDS
 
 __all__ = ["build", "parse_nextpnr_log", "main"]
 
@@ -53,16 +54,22 @@ def parse_nextpnr_log(text: str) -> dict:
     return {"utilisation": util, "fmax": fmax}
 
 
-def build(board: str, *, core: str = "echo", out_root: Path = Path("build/fpga"),
-          log=print) -> dict:
-    """Build ``board``'s bitstream; return a report dict (paths, sizes, resources, timing)."""
+def build(board: str, *, core: str = "tru", out_root: Path = Path("build/fpga"),
+          overrides: dict | None = None, log=print) -> dict:
+    """Build ``board``'s bitstream; return a report dict (paths, sizes, resources, timing).
+
+    ``overrides`` changes generator parameters on top of the board's preset and its own
+    overrides (:class:`fpga.boards.BoardSpec`), e.g. ``{"N_max": 64}``.
+    """
     spec = board_spec(board)
+    params = spec.params(**(overrides or {}))
     _use_yowasp()
     out = Path(out_root) / board
     name = f"orbis_{board}"
     log(f"== {board}: elaborating board top (preset {spec.preset}, core {core}, "
         f"{spec.baud} baud at {spec.clk_hz / 1e6:g} MHz)")
-    top = BoardTop(board, core=core)
+    log(f"   parameters {params.as_dict()}")
+    top = BoardTop(board, core=core, params=params)
     plat = spec.platform_class()()
     t0 = time.monotonic()
     log(f"== {board}: yosys + nextpnr + {'icepack' if spec.bitstream == 'bin' else 'ecppack'} "
@@ -76,7 +83,8 @@ def build(board: str, *, core: str = "echo", out_root: Path = Path("build/fpga")
         raise RuntimeError(f"the build finished without {bit}")
     tim = out / f"{name}.tim"
     rep = parse_nextpnr_log(tim.read_text()) if tim.exists() else {}
-    report = {"board": board, "preset": spec.preset, "core": core, "bitstream": str(bit),
+    report = {"board": board, "preset": spec.preset, "params": params.as_dict(), "core": core,
+              "bitstream": str(bit),
               "bytes": bit.stat().st_size, "seconds": round(dt, 1), **rep}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     log(f"== {board}: {bit} ({report['bytes']} bytes) in {dt:.1f} s")
@@ -108,12 +116,25 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fpga.build",
                                  description="Build (and program) an ORBIS board bitstream.")
     ap.add_argument("--board", required=True, help=f"one of {sorted(BOARDS)}")
-    ap.add_argument("--core", default="echo", help="echo (stand-in) or tru (the unit)")
+    ap.add_argument("--core", default="tru", choices=CORE_KINDS,
+                    help="tru (the token-reduction unit, default) or echo (the stand-in)")
     ap.add_argument("--program", action="store_true", help="program the board after the build")
     ap.add_argument("--out", type=Path, default=Path("build/fpga"))
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="override a generator parameter (integer), e.g. --set N_max=64")
     args = ap.parse_args(argv)
     try:
-        report = build(args.board, core=args.core, out_root=args.out)
+        overrides = {}
+        for item in args.set:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise ParamError(f"--set needs NAME=VALUE, not {item!r}")
+            try:
+                overrides[name] = int(value, 0)
+            except ValueError:
+                raise ParamError(f"--set {name}: value must be an integer, not {value!r}") \
+                    from None
+        report = build(args.board, core=args.core, out_root=args.out, overrides=overrides)
     except ParamError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

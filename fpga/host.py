@@ -2,8 +2,13 @@
 
 ``python -m fpga.host --port /dev/ttyUSB1 run`` loads real-video tokens (Big Buck Bunny from
 :mod:`golden.video`; seeded random tokens when the clip or the module is missing), runs one
-reduction on the board and checks every result (map, reduced x, restored y, status) against
-the golden model, then prints a summary. The protocol code is :mod:`fpga.protocol`; this
+reduction on the board and checks every result (map, reduced x, restored y, and the status:
+``r``, ``max_abs``, beat counts, flags) against the golden model, then prints a summary.
+
+With the token-reduction unit the call order is (docs/fpga.md): configure, ``RUN``
+(match_start), ``GUIDE``, poll ``STATUS`` until the match is done, ``CTRL_CALL``, ``X`` (the
+reduced tokens come back), ``Y`` with ``y = attention_standin(reduced)`` (the restored tokens
+come back), ``CTRL_MAP_READ``, ``MAP``. The protocol code is :mod:`fpga.protocol`; this
 module adds the serial transport and the reduction routine, which the simulation test runs
 unchanged over a simulated line.
 """
@@ -19,7 +24,8 @@ import numpy as np
 
 from . import protocol as proto
 
-__all__ = ["SerialTransport", "run_reduction", "make_tokens", "main"]
+__all__ = ["SerialTransport", "run_reduction", "make_tokens", "attention_standin",
+           "wait_idle", "CallFailed", "main"]
 
 
 class SerialTransport:
@@ -78,7 +84,17 @@ def make_tokens(info: proto.Info, grid, seed: int, source: str = "video", log=pr
     return np.asarray(g, dtype=np.int16), np.asarray(x, dtype=np.int64), y_seed, used
 
 
-def _expected(info, g, x, y_all, grid, window, *, r, seed, quota):
+def attention_standin(v):
+    """What the host does between the reduced and the restored stream: bitwise not.
+
+    A stand-in for the attention block that is element-wise and stays in ``Wx`` bits, so a
+    restored token shows exactly which reduced token the unit copied (``tests/test_top.py``
+    uses the same).
+    """
+    return -np.asarray(v, dtype=np.int64) - 1
+
+
+def _expected(info, g, x, y_all, grid, window, *, r, seed, quota, shift):
     """Expected map, reduced, y sent, restored and status for this board's core."""
     import golden
     N = len(g)
@@ -88,15 +104,61 @@ def _expected(info, g, x, y_all, grid, window, *, r, seed, quota):
         kind = np.full(N, golden.KIND_KEPT)
         return dict(kind=kind, target=n, pos=n, reduced=x, y=y_all, restored=y_all,
                     max_abs=int(np.abs(g.astype(np.int64)).max()), n_kept=N)
-    B = info.B
-    res = golden.match(g, golden.Grid(*grid, window=window), r=r, B=B, NB=info.NB,
-                       hist_mant=info.hist_mant, R=info.R, quota=quota, seed=seed)
+    res = golden.match(g, golden.Grid(*grid, window=window), r=r, B=info.B, NB=info.NB,
+                       hist_mant=info.hist_mant, R=info.R, quota=quota, seed=seed, shift=shift)
     mode = "replace" if info.merge_mode == 0 else "mean"
     reduced = golden.merge(x, res, mode)
-    y = y_all[:res.n_kept]
+    y = attention_standin(reduced)
     return dict(kind=res.kind, target=res.target, pos=res.pos, reduced=reduced, y=y,
                 restored=golden.unmerge(y, res), max_abs=res.max_abs, n_kept=res.n_kept,
                 r=res.r, shift=res.q_shift)
+
+
+def wait_idle(link: proto.Link, mask: int, *, polls: int = 1000) -> dict:
+    """Poll STATUS until none of the ``mask`` bits of ``FLAGS`` is set; return the status."""
+    for _ in range(polls):
+        st = link.status()
+        if not st["FLAGS"] & mask:
+            return st
+    raise proto.ProtocolError(f"the unit stayed busy (FLAGS 0x{st['FLAGS']:x}, mask "
+                              f"0x{mask:x}) for {polls} status polls")
+
+
+class CallFailed(RuntimeError):
+    """The unit reported an error flag during a call (bad configuration, no map)."""
+
+
+def _call_tru(link, info, g, x, N, n_kept, log):
+    """The real unit's call order: RUN, GUIDE, wait for the match, CALL, X, Y, MAP_READ, MAP.
+
+    Returns ``(kind, target, pos, reduced, y, restored)``; ``y`` is what the host computed
+    from the reduced stream and sent back.
+    """
+    log("run (match_start), then load the guide")
+    link.run()
+    # A configuration the matcher rejects is flagged at once and takes no guide beats.
+    st = link.status()
+    if st["FLAGS"] & proto.FLAG_MATCH_ERROR:
+        code = (st["FLAGS"] >> proto.FLAG_ERROR_CODE_SHIFT) & 7
+        raise CallFailed(f"the matcher rejected the configuration (MatcherError {code})")
+    link.load_guide(g)
+    st = wait_idle(link, proto.FLAG_MATCH_BUSY)
+    if st["FLAGS"] & proto.FLAG_MATCH_ERROR:
+        code = (st["FLAGS"] >> proto.FLAG_ERROR_CODE_SHIFT) & 7
+        raise CallFailed(f"the matcher rejected the configuration (MatcherError {code})")
+    log(f"matched in {st['CYC_MATCH']} cycles; call: stream x ({N} tokens in, "
+        f"{n_kept} out)")
+    link.control(proto.CTRL_CALL)
+    reduced = link.stream_x(x, n_kept)
+    y = attention_standin(reduced)
+    log(f"stream y = attention stand-in(reduced) ({len(y)} tokens in, {N} out)")
+    restored = link.stream_y(y, N)
+    st = wait_idle(link, proto.FLAG_CALL_BUSY | proto.FLAG_MAP_BUSY)
+    if st["FLAGS"] >> proto.FLAG_CALL_ERROR_SHIFT & 3:
+        raise CallFailed(f"call error {st['FLAGS'] >> proto.FLAG_CALL_ERROR_SHIFT & 3}")
+    link.control(proto.CTRL_MAP_READ)
+    kind, target, pos = link.read_map(N)
+    return kind, target, pos, reduced, y, restored
 
 
 def run_reduction(link: proto.Link, *, grid=(2, 4, 4), seed: int = 1, source: str = "video",
@@ -104,7 +166,9 @@ def run_reduction(link: proto.Link, *, grid=(2, 4, 4), seed: int = 1, source: st
     """Run one reduction on the board behind ``link`` and check it; return a summary dict.
 
     The expected results come from the golden model (:mod:`golden`) for the token-reduction
-    unit and from the stand-in's definition (identity map, echo) for the echo core.
+    unit and from the stand-in's definition (identity map, echo) for the echo core. The two
+    cores need different call orders (docs/fpga.md): the unit matches the guide after RUN and
+    reduces/restores in a call started with ``CTRL_CALL``; the stand-in emits its map on RUN.
     """
     t0 = time.monotonic()
     info = link.get_info()
@@ -123,41 +187,69 @@ def run_reduction(link: proto.Link, *, grid=(2, 4, 4), seed: int = 1, source: st
     shift = golden.shift_for(g, info.B)
     n_src = N - golden.window_count(golden.Grid(*grid, window=window))
     r = int(round(ratio * n_src))
-    exp = _expected(info, g, x, y_all, grid, window, r=r, seed=seed16, quota=quota)
+    exp = _expected(info, g, x, y_all, grid, window, r=r, seed=seed16, quota=quota,
+                    shift=shift)
+    tru = info.core_id == proto.CORE_TRU
 
     link.reset()
     sf, sh, sw = window
     link.write_regs({"F": F, "H": H, "W": W, "WINDOW": sf | sh << 8 | sw << 16, "MODE": 0,
                      "R": r, "TAU": 0, "SHIFT": shift, "SEED": seed16, "ROUNDS": info.R,
                      "QUOTA": quota, "MERGE": info.merge_mode, "FLAGS": 0})
-    log(f"load guide ({g.size * 2} bytes), run (r={r}, shift={shift})")
-    link.load_guide(g)
-    link.run()
-    kind, target, pos = link.read_map(N)
-    log(f"stream x ({N} tokens in, {exp['n_kept']} out)")
-    reduced = link.stream_x(x, exp["n_kept"])
-    log(f"stream y ({len(exp['y'])} tokens in, {N} out)")
-    restored = link.stream_y(exp["y"], N)
+    log(f"config: r={r}, shift={shift}, rounds={info.R}, quota={quota}, seed={seed16}")
+    error = None
+    if tru:
+        try:
+            kind, target, pos, reduced, y, restored = _call_tru(link, info, g, x, N,
+                                                                exp["n_kept"], log)
+        except CallFailed as e:
+            error = str(e)
+            log(f"error: {e}")
+            kind = target = pos = np.zeros(0, dtype=np.int64)
+            reduced = restored = np.zeros((0, info.Dx), dtype=np.int64)
+    else:
+        log(f"load guide ({g.size * 2} bytes), run")
+        link.load_guide(g)
+        link.run()
+        kind, target, pos = link.read_map(N)
+        log(f"stream x ({N} tokens in, {exp['n_kept']} out)")
+        reduced = link.stream_x(x, exp["n_kept"])
+        log(f"stream y ({len(exp['y'])} tokens in, {N} out)")
+        restored = link.stream_y(exp["y"], N)
     st = link.status()
 
+    def differ(a, b):
+        a, b = np.asarray(a), np.asarray(b)
+        return int((a != b).sum()) if a.shape == b.shape else max(a.size, b.size, 1)
+
+    status_bad = int(st["MAX_ABS"] != exp["max_abs"]) + int(st["RUNS"] != 1)
+    if tru:
+        per_tok = info.Dx // info.Lx
+        status_bad += (int(st["R"] != exp["r"]) + int(st["N_TOKENS"] != N)
+                       + int(st["FLAGS"] != 0)
+                       + int(st["GUIDE_BEATS"] != N * info.D // info.L)
+                       + int(st["X_BEATS"] != N * per_tok)
+                       + int(st["Y_BEATS"] != exp["n_kept"] * per_tok)
+                       + int(st["MAP_ENTRIES"] != N))
     mism = {
-        "map": int((kind != exp["kind"]).sum() + (target != exp["target"]).sum()
-                   + (pos != exp["pos"]).sum()),
+        "map": differ(kind, exp["kind"]) + differ(target, exp["target"])
+        + differ(pos, exp["pos"]),
         "reduced": _rows_differ(reduced, exp["reduced"]),
         "restored": _rows_differ(restored, exp["restored"]),
-        "status": int(st["MAX_ABS"] != exp["max_abs"]) + int(st["RUNS"] != 1),
+        "status": status_bad,
     }
     dt = time.monotonic() - t0
     summary = {
-        "ok": all(v == 0 for v in mism.values()),
+        "ok": error is None and all(v == 0 for v in mism.values()),
         "core": info.core_name, "tokens": used, "grid": list(grid), "N": N,
-        "n_kept": exp["n_kept"], "mismatches": mism, "checked": sorted(mism),
+        "n_kept": exp["n_kept"], "r": exp.get("r", 0), "mismatches": mism,
+        "checked": sorted(mism), "error": error,
         "frames": link.stats["frames"], "bytes_out": link.stats["bytes_out"],
         "bytes_in": link.stats["bytes_in"], "resends": link.stats["resends"],
         "seconds": round(dt, 3), "status": st,
     }
     log(("PASS" if summary["ok"] else "FAIL") + f": map, reduced, restored, status vs "
-        f"{'golden model' if info.core_id != proto.CORE_ECHO else 'echo model'}; "
+        f"{'golden model' if tru else 'echo model'}; "
         f"mismatches {mism}; {summary['frames']} frames, {summary['bytes_out']} B out, "
         f"{summary['bytes_in']} B in, {dt:.2f} s")
     return summary

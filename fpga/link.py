@@ -9,8 +9,9 @@ command executes or a reply is sent are dropped (the host waits for every reply)
 
 The core is any component with :func:`core_signature` (stream ports for guide, x/reduced,
 y/restored and map, a register bus, ``start``) and two attributes, ``core_id`` and
-``n_status``. :class:`EchoCore` is the stand-in used until the token-reduction unit
-(``hw.top``) is integrated; :func:`make_core` is the one place that picks the core.
+``n_status``. The board runs the token-reduction unit through :class:`fpga.tru.TruCore`;
+:class:`EchoCore` is a small stand-in with trivial datapaths (link tests, a quick bitstream);
+:func:`make_core` is the one place that picks the core.
 """
 
 
@@ -651,7 +652,7 @@ class LinkTop(wiring.Component):
     params : OrbisParams
     core : wiring.Component or None
         A core with :func:`core_signature` and ``core_id``/``n_status`` attributes; ``None``
-        builds ``make_core(params, "echo")``.
+        builds ``make_core(params, "echo")`` (the stand-in).
     divisor : int
         Clock cycles per UART bit.
     max_payload, timeout, grace, clk_hz, baud
@@ -724,19 +725,13 @@ class LinkTop(wiring.Component):
 def make_core(params: OrbisParams, kind: str = "echo", **kwargs):
     """Build the core the board runs: the one integration point for the real unit.
 
-    ``"echo"`` is :class:`EchoCore`. ``"tru"`` will wrap ``hw.top.TokenReductionUnit`` in an
-    adapter with :func:`core_signature` (register map of :data:`fpga.protocol.REG` to the
-    unit's config, status registers from :data:`fpga.protocol.STATUS`); it is not written yet
-    because ``hw/top.py`` does not exist.
+    ``"echo"`` is :class:`EchoCore` (the stand-in); ``"tru"`` is :class:`fpga.tru.TruCore`,
+    the token-reduction unit (``hw.top.TokenReductionUnit``) behind the link's register map.
+    ``kwargs`` go to the core's constructor.
     """
     if kind == "echo":
         return EchoCore(params, **kwargs)
     if kind == "tru":
-        try:
-            import hw.top  # noqa: F401
-        except ImportError as e:
-            raise ParamError(f"core 'tru' needs hw.top.TokenReductionUnit, which is not "
-                             f"available yet ({e}); use core 'echo'") from None
-        raise ParamError("core 'tru': the adapter from hw.top.TokenReductionUnit to "
-                         "fpga.link.core_signature is not written yet; use core 'echo'")
+        from .tru import TruCore
+        return TruCore(params, **kwargs)
     raise ParamError(f"core must be one of {CORE_KINDS}, not {kind!r}")

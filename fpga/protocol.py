@@ -28,7 +28,10 @@ import numpy as np
 __all__ = [
     "SYNC", "REPLY", "ERR", "Cmd", "Err", "CRC_INIT", "crc16", "encode_frame", "Frame",
     "FrameDecoder", "LinkError", "ProtocolError", "Link", "Info", "INFO_MAGIC",
-    "PROTOCOL_VERSION", "REG", "STATUS", "STATUS_BASE", "CORE_ECHO", "CORE_TRU",
+    "PROTOCOL_VERSION", "REG", "STATUS", "STATUS_TRU", "STATUS_BASE", "CORE_ECHO", "CORE_TRU",
+    "CTRL_CALL", "CTRL_REUSE", "CTRL_MAP_READ", "CTRL_CNT_CLEAR", "FLAG_BUSY",
+    "FLAG_MATCH_BUSY", "FLAG_CALL_BUSY", "FLAG_MAP_BUSY", "FLAG_MATCH_ERROR", "FLAG_FRESH",
+    "FLAG_ERROR_CODE_SHIFT", "FLAG_CALL_ERROR_SHIFT",
     "pack_beats", "unpack_beats", "beat_bytes",
 ]
 
@@ -76,11 +79,29 @@ REG = {
     "ROUNDS": 0x09, "QUOTA": 0x0A,
     "MERGE": 0x0B,    # 0: replace, 1: mean
     "FLAGS": 0x0C,    # bit 0: reuse the previous map (no matching)
+    "CTRL": 0x0D,     # write-only pulses of the real unit (CTRL_* bits); reads 0
 }
+# Bits of the CTRL register (token-reduction unit): a write pulses the set bits for one cycle.
+CTRL_CALL = 1 << 0        # call_start: merge x, then unmerge y, with the newest map
+CTRL_REUSE = 1 << 1       # with CTRL_CALL: reuse the front map (call_reuse, matching cache)
+CTRL_MAP_READ = 1 << 2    # map_read: the front map streams to MAP
+CTRL_CNT_CLEAR = 1 << 3   # cnt_clear: zero the cycle counters
 STATUS_BASE = 0x80
 # Status registers common to every core (read with STATUS or READ_REG).
 STATUS = ("CORE_ID", "RUNS", "GUIDE_BEATS", "X_BEATS", "Y_BEATS", "MAP_ENTRIES", "MAX_ABS",
           "FLAGS")
+# The token-reduction unit's status registers: the common ones, then its own.
+STATUS_TRU = STATUS + ("R", "N_TOKENS", "CYC_MATCH", "CYC_CALL", "CYC_OVERLAP")
+# Bits of the FLAGS status register. Bit 0 is common (the core is busy); the rest are the
+# token-reduction unit's (the stand-in reports only bit 0).
+FLAG_BUSY = 1 << 0        # any of the following busy bits
+FLAG_MATCH_BUSY = 1 << 1
+FLAG_CALL_BUSY = 1 << 2
+FLAG_MAP_BUSY = 1 << 3
+FLAG_MATCH_ERROR = 1 << 4  # the matcher rejected the last RUN's configuration
+FLAG_FRESH = 1 << 5        # a matched map waits in the back bank
+FLAG_ERROR_CODE_SHIFT = 8  # bits 8..10: hw.matcher.MatcherError of the last RUN
+FLAG_CALL_ERROR_SHIFT = 12  # bits 12..13: hw.top.CallError of the last call
 CORE_ECHO = 0x4543484F   # "ECHO": the stand-in core of fpga.link
 CORE_TRU = 0x54525531    # "TRU1": the token-reduction unit (hw.top)
 
@@ -390,6 +411,10 @@ class Link:
             self.request(Cmd.WRITE_REG, b"".join(struct.pack("<BI", a, v & 0xFFFFFFFF)
                                                  for a, v in items[i:i + per]))
 
+    def control(self, bits: int):
+        """Write the CTRL register: pulse the unit's ``CTRL_*`` inputs for one cycle."""
+        self.write_regs({"CTRL": bits})
+
     def read_regs(self, addrs) -> list:
         addrs = [REG[a] if isinstance(a, str) else a for a in addrs]
         per = self._need_info().max_payload // 4
@@ -406,7 +431,8 @@ class Link:
         r = self.request(Cmd.STATUS)
         n = len(r) // 4
         vals = struct.unpack(f"<{n}I", r[:4 * n])
-        names = list(STATUS) + [f"S{STATUS_BASE + i:02X}" for i in range(len(STATUS), n)]
+        known = STATUS_TRU if self.info is not None and self.info.core_id == CORE_TRU else STATUS
+        names = list(known) + [f"S{STATUS_BASE + i:02X}" for i in range(len(known), n)]
         return dict(zip(names, vals))
 
     def exchange(self, cmd: int, data: bytes, in_bytes: int, out_bytes: int,

@@ -7,106 +7,23 @@ case must produce its error reply and leave the link working.
 
 import os
 import random
-import struct
-from collections import deque
 
 import numpy as np
 import pytest
-from amaranth.hdl import Signal
-from amaranth.sim import Simulator
 
 from fpga import protocol as proto
 from fpga.link import EchoCore, LinkTop
+from fpga.simline import SimLine
 from hw.layouts import KIND_KEPT
 from hw.params import preset
 
 SEED = int(os.environ.get("ORBIS_SEED", "20250607"))
 DIVISOR = 4          # clocks per UART bit
-MAX_PAYLOAD = 96     # small frames, so streams need several frames and the resend path
+MAX_PAYLOAD = 64     # small frames, so streams need several frames and the resend path
 
 
-class SimLine:
-    """A serial line into a simulated :class:`LinkTop`: the transport of :class:`proto.Link`.
-
-    ``write`` queues bytes that a testbench shifts into ``rx`` (8N1, random idle between
-    bytes shorter than the link's timeout); a second testbench decodes ``tx``. ``read`` runs
-    the simulation until the bytes are there or a cycle budget is spent.
-    """
-
-    simulated = True
-
-    def __init__(self, top, *, divisor, seed, budget=400_000, gap_max=None):
-        self.top, self.div = top, divisor
-        self.rng = random.Random(seed)
-        self.to_dev, self.from_dev = deque(), deque()
-        self.gap_max = gap_max if gap_max is not None else 8 * divisor
-        self.budget = budget
-        self.cycles = 0
-        self.framing_errors = 0
-        self.stopping = False
-        self._stop = Signal()
-        self.sim = Simulator(top)
-        self.sim.add_clock(1e-6)
-        self.sim.add_testbench(self._drive, background=True)
-        self.sim.add_testbench(self._monitor, background=True)
-
-    async def _drive(self, ctx):
-        ctx.set(self.top.rx, 1)
-        while True:
-            if self.stopping:
-                ctx.set(self._stop, 1)
-                return
-            if not self.to_dev:
-                await ctx.tick().repeat(self.div)
-                continue
-            byte = self.to_dev.popleft()
-            for bit in [0] + [(byte >> i) & 1 for i in range(8)] + [1]:
-                ctx.set(self.top.rx, bit)
-                await ctx.tick().repeat(self.div)
-            if self.rng.random() < 0.2:
-                await ctx.tick().repeat(self.rng.randint(1, self.gap_max))
-
-    async def _monitor(self, ctx):
-        tx = self.top.tx
-        while True:
-            await ctx.tick().until((tx == 0) | self._stop)
-            if ctx.get(self._stop):
-                return
-            await ctx.tick().repeat(self.div // 2)
-            byte = 0
-            for i in range(8):
-                await ctx.tick().repeat(self.div)
-                byte |= ctx.get(tx) << i
-            await ctx.tick().repeat(self.div)
-            if not ctx.get(tx):
-                self.framing_errors += 1
-            self.from_dev.append(byte)
-
-    def run(self, cycles):
-        self.cycles += cycles
-        self.sim.run_until(self.cycles * 1e-6)
-
-    def write(self, data):
-        self.to_dev.extend(data)
-
-    def read(self, n, timeout=None):
-        spent = 0
-        while len(self.from_dev) < n and spent < self.budget:
-            self.run(10 * self.div)
-            spent += 10 * self.div
-        return bytes(self.from_dev.popleft() for _ in range(min(n, len(self.from_dev))))
-
-    def close(self):
-        """End both testbenches, so no coroutine is left suspended."""
-        self.stopping = True
-        self.run(4 * self.div)
-
-    def quiet(self, cycles):
-        """Let the line idle (the link's timeout runs)."""
-        self.run(cycles)
-
-
-PARAMS = preset("ice40-small")
+# D = 8 halves the guide bytes (simulation time); the link logic does not depend on D.
+PARAMS = preset("ice40-small", D=8)
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +35,7 @@ def board():
     link = proto.Link(line, retries=50)
     link.get_info()
     yield top, line, link
+    print(f"simulated {line.cycles} cycles")
     line.close()
 
 
