@@ -125,20 +125,33 @@ class DstInit(wiring.Component):
 
         m.d.comb += self.o.payload.eq(tok)
 
+        # One multiplier shared by every product, one per cycle (each FSM state drives its
+        # operands), so the block costs a single DSP on iCE40/ECP5 instead of eight.
+        mul_a = Signal(max(16, cb))
+        mul_b = Signal(wide)
+        prod = Signal(len(mul_a) + len(mul_b))
+        m.d.comb += prod.eq(mul_a * mul_b)
+        acc = Signal(wide)
+
         with m.FSM():
             with m.State("IDLE"):
+                m.d.comb += [mul_a.eq(self.H), mul_b.eq(self.W)]
                 with m.If(self.start):
                     m.d.sync += [
                         state.eq(self.seed),
                         rf.eq(self.F), rh.eq(self.H), rw.eq(self.W),
                         base_f.eq(0), base_h.eq(0), base.eq(0),
                         self.count.eq(0),
-                        HW.eq(self.H * self.W),
+                        HW.eq(prod),
                     ]
-                    m.next = "SETUP"
-            with m.State("SETUP"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += [shW.eq(self.sh * self.W), sfHW.eq(self.sf * HW)]
+                    m.next = "SETUP1"
+            with m.State("SETUP1"):
+                m.d.comb += [self.busy.eq(1), mul_a.eq(self.sh), mul_b.eq(self.W)]
+                m.d.sync += shW.eq(prod)
+                m.next = "SETUP2"
+            with m.State("SETUP2"):
+                m.d.comb += [self.busy.eq(1), mul_a.eq(self.sf), mul_b.eq(HW)]
+                m.d.sync += sfHW.eq(prod)
                 m.next = "STEP"
             with m.State("STEP"):
                 m.d.comb += self.busy.eq(1)
@@ -150,23 +163,24 @@ class DstInit(wiring.Component):
                 ]
                 m.next = "MF"
             with m.State("MF"):
-                m.d.comb += self.busy.eq(1)
-                prod = state * df
-                m.d.sync += [lf.eq(prod[16:]), rem.eq(prod[:16])]
+                m.d.comb += [self.busy.eq(1), mul_a.eq(state), mul_b.eq(df)]
+                m.d.sync += [lf.eq(prod[16:21]), rem.eq(prod[:16])]
                 m.next = "MH"
             with m.State("MH"):
-                m.d.comb += self.busy.eq(1)
-                prod = rem * dh
-                m.d.sync += [lh.eq(prod[16:]), rem.eq(prod[:16])]
+                m.d.comb += [self.busy.eq(1), mul_a.eq(rem), mul_b.eq(dh)]
+                m.d.sync += [lh.eq(prod[16:21]), rem.eq(prod[:16])]
                 m.next = "MW"
             with m.State("MW"):
-                m.d.comb += self.busy.eq(1)
-                prod = rem * dw
-                m.d.sync += lw.eq(prod[16:])
-                m.next = "SUM"
-            with m.State("SUM"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += tok.eq(base + lf * HW + lh * self.W + lw)
+                m.d.comb += [self.busy.eq(1), mul_a.eq(rem), mul_b.eq(dw)]
+                m.d.sync += lw.eq(prod[16:21])
+                m.next = "SUM1"
+            with m.State("SUM1"):
+                m.d.comb += [self.busy.eq(1), mul_a.eq(lf), mul_b.eq(HW)]
+                m.d.sync += acc.eq(base + prod + lw)
+                m.next = "SUM2"
+            with m.State("SUM2"):
+                m.d.comb += [self.busy.eq(1), mul_a.eq(lh), mul_b.eq(self.W)]
+                m.d.sync += tok.eq(acc + prod)
                 m.next = "EMIT"
             with m.State("EMIT"):
                 m.d.comb += [self.busy.eq(1), self.o.valid.eq(1)]
