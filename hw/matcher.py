@@ -191,7 +191,13 @@ class TokenMatcher(wiring.Component):
 
         cfg = Signal(matcher_config(p))
         N = Signal(cb)
-        FH = Signal(2 * cb)
+        # F*H saturated at N_max + 1 (a larger F*H is a grid error whatever W is), so both
+        # grid products fit one small multiplier, shared by CHECK1 and CHECK2.
+        FH = Signal(cb + 1)
+        mul_a = Signal(cb + 1)
+        mul_b = Signal(cb)
+        mul_p = Signal(2 * cb + 1)
+        m.d.comb += mul_p.eq(mul_a * mul_b)
         n_dst = Signal(cb)
         dst_base = Signal(cb)
         rnd = Signal(4)
@@ -304,12 +310,14 @@ class TokenMatcher(wiring.Component):
             with m.State("CHECK1"):
                 m.d.comb += adv.eq(1)
                 count(self.cyc_total)
-                m.d.sync += FH.eq(cfg.F * cfg.H)
+                m.d.comb += [mul_a.eq(cfg.F), mul_b.eq(cfg.H)]
+                m.d.sync += FH.eq(Mux(mul_p > p.N_max, p.N_max + 1, mul_p))
                 m.next = "CHECK2"
             with m.State("CHECK2"):
                 m.d.comb += adv.eq(1)
                 count(self.cyc_total)
-                NN = FH * cfg.W
+                m.d.comb += [mul_a.eq(FH), mul_b.eq(cfg.W)]
+                NN = mul_p
                 m.d.sync += N.eq(NN)
                 err = Signal(3)
                 sf_max, sh_max, sw_max = p.window

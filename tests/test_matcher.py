@@ -126,6 +126,9 @@ def test_matcher_bad_config():
     cases = [
         (dict(good, F=0), MatcherError.GRID),
         (dict(good, F=5, H=5, W=5), MatcherError.GRID),
+        # F*H far above N_max with W = 1 (the product saturates, still a grid error)
+        (dict(good, F=(1 << p.count_bits) - 1, H=(1 << p.count_bits) - 1, W=1),
+         MatcherError.GRID),
         (dict(good, window=(0, 1, 1)), MatcherError.WINDOW),
         (dict(good, F=1, window=(2, 1, 1)), MatcherError.WINDOW),
         (dict(good, rounds=3), MatcherError.ROUNDS),
