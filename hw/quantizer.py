@@ -7,11 +7,11 @@ Bit-exact with :func:`golden.core.quantize`: ``q = clamp((g + 2**(s-1)) >> s, -q
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import layouts
-from .params import OrbisParams, ParamError
+from .params import OrbisParams, ParamError, ceil_log2
 
 __all__ = ["Quantizer"]
 
@@ -68,24 +68,34 @@ class Quantizer(wiring.Component):
 
     @property
     def latency(self) -> int:
-        """Cycles from a beat accepted on ``i`` to its write valid on ``o``."""
-        return 1
+        """Cycles from a beat accepted on ``i`` to its write valid on ``o`` (no backpressure).
+
+        Three stages: rounding add, arithmetic shift, clamp (each registered; the whole chain
+        in one cycle limited the UP5K to 23 MHz).
+        """
+        return 3
 
     @property
     def max_abs_latency(self) -> int:
         """Cycles from a beat accepted on ``i`` to ``max_abs`` including it."""
-        return 2
+        return 2 + ceil_log2(self._p.L)
 
     def elaborate(self, platform):
         p = self._p
         m = Module()
         lim = p.qmax
+        L = p.L
+        wl = data.StructLayout({"token": unsigned(p.idx_bits),
+                                "chunk": range(max(2, p.chunks))})
 
+        # Three stages that hold valid while ready is low; stage k advances when the next
+        # one is empty or advancing (the ready chain is three gates long).
+        v = [Signal(name=f"v{k}") for k in range(1, 3)]   # stages 1 and 2; 3 is `o`
+        adv3 = ~self.o.valid | self.o.ready
+        adv2 = ~v[1] | adv3
+        adv1 = ~v[0] | adv2
+        m.d.comb += self.i.ready.eq(adv1)
         i_fire = self.i.valid & self.i.ready
-        # A stage that holds valid while ready is low: take a beat when empty or draining.
-        m.d.comb += self.i.ready.eq(~self.o.valid | self.o.ready)
-        with m.If(self.o.ready):
-            m.d.sync += self.o.valid.eq(0)
 
         # Token/chunk counters; `start` acts before a beat accepted in the same cycle.
         tok = Signal(unsigned(p.idx_bits))
@@ -94,30 +104,7 @@ class Quantizer(wiring.Component):
         cur_chunk = Mux(self.start, 0, chunk)
         with m.If(self.start):
             m.d.sync += [tok.eq(0), chunk.eq(0)]
-
-        # round_half_up(g / 2**s): add 2**(s-1) (0 for s = 0) then shift arithmetically.
-        half = Signal(unsigned(16))
-        m.d.comb += half.eq((Const(1, 17) << self.shift) >> 1)
-        q = []
-        absv = []
-        for k in range(p.L):
-            g = self.i.payload.data[k]
-            r = Signal(signed(17), name=f"r{k}")
-            m.d.comb += r.eq((g + half) >> self.shift)
-            qk = Signal(signed(p.B), name=f"q{k}")
-            m.d.comb += qk.eq(Mux(r > lim, lim, Mux(r < -lim, -lim, r)))
-            q.append(qk)
-            a = Signal(unsigned(17), name=f"abs{k}")
-            m.d.comb += a.eq(Mux(g < 0, -g, g))
-            absv.append(a)
-
         with m.If(i_fire):
-            m.d.sync += [
-                self.o.valid.eq(1),
-                self.o.payload.token.eq(cur_tok),
-                self.o.payload.chunk.eq(cur_chunk),
-                self.o.payload.data.eq(Cat(*q)),
-            ]
             if p.chunks > 1:
                 with m.If(cur_chunk == p.chunks - 1):
                     m.d.sync += [chunk.eq(0), tok.eq(cur_tok + 1)]
@@ -126,23 +113,64 @@ class Quantizer(wiring.Component):
             else:
                 m.d.sync += tok.eq(cur_tok + 1)
 
-        # max |g|: chunk maximum registered first so the comparator tree and the running
-        # maximum sit in different cycles (timing); `start` drops a pending chunk maximum.
-        level = absv
+        # Stage 1: g + 2**(s-1) (0 for s = 0); round_half_up(g / 2**s) = that >> s.
+        half = Signal(unsigned(16))
+        m.d.comb += half.eq((Const(1, 17) << self.shift) >> 1)
+        w1 = Signal(wl)
+        t1 = [Signal(signed(17), name=f"t1_{k}", reset_less=True) for k in range(L)]
+        # Stage 2: arithmetic shift.
+        w2 = Signal(wl)
+        t2 = [Signal(signed(17), name=f"t2_{k}", reset_less=True) for k in range(L)]
+        with m.If(adv1):
+            m.d.sync += v[0].eq(self.i.valid)
+            with m.If(self.i.valid):
+                m.d.sync += [w1.token.eq(cur_tok), w1.chunk.eq(cur_chunk)]
+                m.d.sync += [t1[k].eq(self.i.payload.data[k] + half) for k in range(L)]
+        with m.If(adv2):
+            m.d.sync += v[1].eq(v[0])
+            with m.If(v[0]):
+                m.d.sync += w2.eq(w1)
+                m.d.sync += [t2[k].eq(t1[k] >> self.shift) for k in range(L)]
+        # Stage 3 (the `o` register): clamp to [-qmax, qmax].
+        q = [Mux(t > lim, lim, Mux(t < -lim, -lim, t))[:p.B] for t in t2]
+        with m.If(adv3):
+            m.d.sync += self.o.valid.eq(v[1])
+            with m.If(v[1]):
+                m.d.sync += [
+                    self.o.payload.token.eq(w2.token),
+                    self.o.payload.chunk.eq(w2.chunk),
+                    self.o.payload.data.eq(Cat(*q)),
+                ]
+
+        # max |g|: |g| registered, then a comparator tree with one register per level, then
+        # the running maximum (timing). `start` drops the chunk maxima still in flight, but
+        # not a beat accepted in the same cycle (it belongs to the new call).
+        level = []
+        for k in range(L):
+            g = self.i.payload.data[k]
+            a = Signal(unsigned(17), name=f"abs{k}", reset_less=True)
+            m.d.sync += a.eq(Mux(g < 0, -g, g))
+            level.append(a)
+        lv_valid = Signal(name="absv")
+        m.d.sync += lv_valid.eq(i_fire)
+        depth = 0
         while len(level) > 1:
+            depth += 1
             nxt = []
             for j in range(0, len(level) - 1, 2):
-                s = Signal(unsigned(17))
-                m.d.comb += s.eq(Mux(level[j] > level[j + 1], level[j], level[j + 1]))
+                s = Signal(unsigned(17), name=f"max{depth}_{j // 2}", reset_less=True)
+                m.d.sync += s.eq(Mux(level[j] > level[j + 1], level[j], level[j + 1]))
                 nxt.append(s)
             if len(level) % 2:
-                nxt.append(level[-1])
-            level = nxt
-        cmax = Signal(unsigned(17))
-        cmax_valid = Signal()
-        m.d.sync += [cmax.eq(level[0]), cmax_valid.eq(i_fire)]
+                s = Signal(unsigned(17), name=f"max{depth}_odd", reset_less=True)
+                m.d.sync += s.eq(level[-1])
+                nxt.append(s)
+            nv = Signal(name=f"maxv{depth}")
+            m.d.sync += nv.eq(lv_valid & ~self.start)
+            level, lv_valid = nxt, nv
+        cmax = level[0]
         with m.If(self.start):
             m.d.sync += self.max_abs.eq(0)
-        with m.Elif(cmax_valid & (cmax > self.max_abs)):
+        with m.Elif(lv_valid & (cmax > self.max_abs)):
             m.d.sync += self.max_abs.eq(cmax)
         return m

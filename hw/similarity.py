@@ -5,7 +5,8 @@ holds the quantized guide buffer (``N_max * D/L`` words of ``L*B`` bits, written
 ``guide_w``) and ``P`` dst banks; bank ``j`` holds the guide vectors of dst-list entries
 ``j, j+P, j+2P, ...``, copied from the guide buffer on ``dst_load``. For each src, for each
 group of ``P`` dst, for each chunk, the ``P`` lanes compute ``L`` squared differences, an
-adder tree sums them, an accumulator sums the ``D/L`` chunks, a pipelined argmin tree picks
+adder tree sums them, an accumulator sums the ``D/L`` chunks (one :class:`SimilarityLane`
+submodule per lane, so synthesis sees one repeated unit), a pipelined argmin tree picks
 the best lane by ``(dist, token)`` and a running minimum folds the groups. Results land in an
 output FIFO; a src only starts when a FIFO slot is reserved for its result, so the compute
 pipeline never stalls and backpressure on ``o`` never loses a result.
@@ -13,7 +14,7 @@ pipeline never stalls and backpressure on ``o`` never loses a result.
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -23,7 +24,7 @@ from . import layouts
 from .params import OrbisParams, ParamError, ceil_log2
 from .quantizer import Quantizer
 
-__all__ = ["SimilarityEngine", "QuantSimilarity", "div_const"]
+__all__ = ["SimilarityEngine", "SimilarityLane", "QuantSimilarity", "div_const"]
 
 
 def div_const(P: int, n_bits: int):
@@ -35,6 +36,128 @@ def div_const(P: int, n_bits: int):
     k = n_bits + ceil_log2(P)
     M = -(-(1 << k) // P)
     return M, k
+
+
+def _check_tps(tree_per_stage):
+    if isinstance(tree_per_stage, bool) or not isinstance(tree_per_stage, int) \
+            or not 1 <= tree_per_stage <= 8:
+        raise ParamError(f"tree_per_stage must be an integer in [1, 8], not {tree_per_stage!r}")
+
+
+class SimilarityLane(wiring.Component):
+    """One dst lane: ``L`` squared differences, adder tree and chunk accumulator.
+
+    A separate component so that the engine's ``P`` lanes are ``P`` instances of one module:
+    synthesis (``tools/synth.py``) elaborates and maps one lane and scales it.
+
+    Parameters
+    ----------
+    params : OrbisParams
+        Uses ``L``, ``B`` and ``D`` (the accumulator holds ``dist_bits``).
+    sq_table : bool
+        Squarer as a constant table on the ``B+1``-bit difference (``True``) or a multiplier.
+    tree_per_stage : int
+        Adder-tree levels between pipeline registers.
+
+    Members
+    -------
+    a : In(data.ArrayLayout(signed(B), L))
+        Src chunk, registered (engine stage ``s_a``).
+    b : In(data.ArrayLayout(signed(B), L))
+        Dst chunk straight from the bank read port, two stages before ``a``; the lane
+        registers it twice (the first register has no other load, so the placer puts it next
+        to the block RAM: the bank's clock-to-out plus the routing to a far register was the
+        engine's critical path on ECP5).
+    acc_en, acc_first : In(1)
+        At the cycle the chunk's sum is ready (:attr:`sum_stages` after ``a``): accumulate it,
+        starting a new distance when ``acc_first``.
+    dist : Out(unsigned(dist_bits))
+        Partial squared distance, one cycle after ``acc_en``.
+    """
+
+    def __init__(self, params: OrbisParams, *, sq_table: bool = False,
+                 tree_per_stage: int = 2):
+        self._p = params
+        self._sq_table = bool(sq_table)
+        self._tps = tree_per_stage
+        word = data.ArrayLayout(signed(params.B), params.L)
+        super().__init__({
+            "a": In(word),
+            "b": In(word),
+            "acc_en": In(1),
+            "acc_first": In(1),
+            "dist": Out(unsigned(params.dist_bits)),
+        })
+
+    @property
+    def sq_stages(self) -> int:
+        """Registers of the squarer: 1 for the table; 3 for the multiplier (operand,
+        product, product again), so that both ends of the DSP block sit in flip-flops with no
+        other load and the placer can put them next to it (Yosys' ECP5 mapping leaves the
+        MULT18X18D's own registers unused; diff -> DSP -> square with the routing to and from
+        the DSP was the engine's critical path at 95 MHz)."""
+        return 1 if self._sq_table else 3
+
+    @property
+    def sum_stages(self) -> int:
+        """Registers from ``a`` to the chunk sum (difference, square, adder tree)."""
+        return 1 + self.sq_stages + -(-ceil_log2(self._p.L) // self._tps)
+
+    def elaborate(self, platform):
+        m = Module()
+        B, L = self._p.B, self._p.L
+        # Datapath registers are reset-less: a reset on every data flop costs LUT
+        # inputs/routing (iCE40 SB_DFFSR) and nothing depends on their value after reset.
+        b_r0 = Signal(data.ArrayLayout(signed(B), L), reset_less=True)
+        b_r = Signal(data.ArrayLayout(signed(B), L), reset_less=True)
+        m.d.sync += [b_r0.eq(self.b), b_r.eq(b_r0)]
+        sq_bits = 2 * B
+        sq = []
+        for e in range(L):
+            d = Signal(signed(B + 1), name=f"diff{e}", reset_less=True)
+            m.d.sync += d.eq(self.a[e] - b_r[e])
+            s = Signal(unsigned(sq_bits), name=f"sq{e}", reset_less=True)
+            if self._sq_table:
+                # Table on the raw (B+1)-bit two's-complement difference.
+                tab = Array(Const(((v ^ (1 << B)) - (1 << B)) ** 2, sq_bits)
+                            for v in range(1 << (B + 1)))
+                m.d.sync += s.eq(tab[d.as_unsigned()])
+            else:
+                dm = Signal(signed(B + 1), name=f"dmul{e}", reset_less=True)
+                pr = Signal(unsigned(sq_bits), name=f"prod{e}", reset_less=True)
+                m.d.sync += [dm.eq(d), pr.eq(dm * dm), s.eq(pr)]
+            sq.append(s)
+        level, depth = sq, 0
+        while len(level) > 1:
+            nxt = []
+            depth += 1
+            reg = depth % self._tps == 0
+            for t in range(0, len(level) - 1, 2):
+                w = Signal(unsigned(len(level[t]) + 1), name=f"add{depth}_{t // 2}",
+                           reset_less=True)
+                if reg:
+                    m.d.sync += w.eq(level[t] + level[t + 1])
+                else:
+                    m.d.comb += w.eq(level[t] + level[t + 1])
+                nxt.append(w)
+            if len(level) % 2:
+                if reg:
+                    w = Signal(unsigned(len(level[-1])), name=f"add{depth}_odd",
+                               reset_less=True)
+                    m.d.sync += w.eq(level[-1])
+                    nxt.append(w)
+                else:
+                    nxt.append(level[-1])
+            level = nxt
+        if depth % self._tps:
+            w = Signal(unsigned(len(level[0])), name="sum", reset_less=True)
+            m.d.sync += w.eq(level[0])
+            level = [w]
+        acc = Signal(unsigned(self._p.dist_bits), reset_less=True)
+        with m.If(self.acc_en):
+            m.d.sync += acc.eq(Mux(self.acc_first, level[0], acc + level[0]))
+        m.d.comb += self.dist.eq(acc)
+        return m
 
 
 class SimilarityEngine(wiring.Component):
@@ -53,6 +176,10 @@ class SimilarityEngine(wiring.Component):
     fifo_depth : int or None
         Output FIFO depth; default ``stages + 4``, enough that a src never waits for a slot
         without backpressure.
+    guide_split : int
+        Words per guide-buffer memory (a power of two, default 1024): the buffer is split by
+        address into :attr:`guide_parts` memories, each read into its own register before
+        the part multiplexer (block-RAM output register; timing).
 
     Members
     -------
@@ -62,7 +189,8 @@ class SimilarityEngine(wiring.Component):
         One-cycle pulse while idle: the dst list becomes empty.
     dst_load : In(stream.Signature(unsigned(idx_bits)))
         Append this token to the dst list; the engine copies its guide vector (one dst
-        every ``D/L + 1`` cycles). Not ready while a src is in flight.
+        every ``D/L + 1`` cycles; the entry counts in ``n_dst`` ``D/L + 1`` cycles after
+        the transfer). Not ready while a src is in flight.
     dst_base : In(unsigned(count_bits))
         Search only dst-list entries ``[dst_base, n_dst)``. Hold it stable while src are in
         flight; after a change the engine waits 3 cycles before it starts the next src.
@@ -84,11 +212,11 @@ class SimilarityEngine(wiring.Component):
     Raises
     ------
     ParamError
-        Bad ``params``, ``tree_per_stage`` or ``fifo_depth``.
+        Bad ``params``, ``tree_per_stage``, ``fifo_depth`` or ``guide_split``.
     """
 
     def __init__(self, params: OrbisParams, *, sq_table=None, tree_per_stage: int = 2,
-                 fifo_depth=None):
+                 fifo_depth=None, guide_split: int = 1024):
         # A rejected component is not "unused": silence Amaranth's unused-elaboratable check.
         if not isinstance(params, OrbisParams):
             self._MustUse__silence = True
@@ -98,16 +226,21 @@ class SimilarityEngine(wiring.Component):
             self._MustUse__silence = True
             raise ParamError(f"tree_per_stage must be an integer in [1, 8], "
                              f"not {tree_per_stage!r}")
+        if isinstance(guide_split, bool) or not isinstance(guide_split, int) \
+                or guide_split < 16 or guide_split & (guide_split - 1):
+            self._MustUse__silence = True
+            raise ParamError(f"guide_split must be a power of two >= 16, not {guide_split!r}")
         self._p = params
         self._sq_table = (params.B == 4) if sq_table is None else bool(sq_table)
         self._tps = tree_per_stage
+        self._split = guide_split
         # Stage numbering, issue cycle = 0 (see docs/similarity.md).
-        self._s_mem = 1                          # read-port data
-        self._s_memr = 2                         # registered memory data
-        self._s_diff = 3
-        self._s_sq = 4
-        lv = ceil_log2(params.L)
-        self._s_sum = self._s_sq + -(-lv // tree_per_stage)   # adder tree output registered
+        self._s_mem = 1                          # read-port data (guide and token memories)
+        self._s_memr = 2                         # guide part registered; bank read-port data
+        self._s_a = 3                            # guide data muxed and registered; bank data
+        lv = ceil_log2(params.L)                 # registered in the lane
+        sq_stages = 1 if self._sq_table else 3   # SimilarityLane.sq_stages
+        self._s_sum = self._s_a + 1 + sq_stages + -(-lv // tree_per_stage)  # diff, sq, tree
         self._s_acc = self._s_sum + 1
         self._s_min = self._s_acc + ceil_log2(params.P)       # argmin tree, one level/stage
         self._stages = self._s_min + 1                         # + running min -> FIFO write
@@ -154,6 +287,11 @@ class SimilarityEngine(wiring.Component):
     def fifo_depth(self) -> int:
         return self._fifo_depth
 
+    @property
+    def guide_parts(self) -> int:
+        """Guide-buffer memories (``ceil(N_max * D/L / guide_split)``), read in parallel."""
+        return -(-self._p.N_max * self._p.chunks // self._split)
+
     def elaborate(self, platform):
         p = self._p
         m = Module()
@@ -164,9 +302,21 @@ class SimilarityEngine(wiring.Component):
         dist_shape = unsigned(p.dist_bits)
 
         # --- memories ----------------------------------------------------------------------
-        m.submodules.guide = guide = Memory(shape=word, depth=p.N_max * C, init=[])
-        g_wr = guide.write_port()
-        g_rd = guide.read_port()
+        # The guide buffer is split by address into parts of `guide_split` words, each read
+        # into its own register before the part multiplexer: the block RAM clock-to-out then
+        # drives one flip-flop next to it instead of a mux across the RAM columns (the
+        # critical path on ECP5 before the split). Bank reads are issued one cycle after the
+        # guide read so that both arrive registered at stage s_a.
+        depth = p.N_max * C
+        K = self.guide_parts
+        pdepth = min(self._split, depth)
+        pbits = ceil_log2(pdepth)
+        g_wr, g_rd = [], []
+        for k in range(K):
+            mem = Memory(shape=word, depth=pdepth, init=[])
+            m.submodules[f"guide{k}" if K > 1 else "guide"] = mem
+            g_wr.append(mem.write_port())
+            g_rd.append(mem.read_port())
         banks, b_wr, b_rd, t_wr, t_rd = [], [], [], [], []
         for j in range(P):
             bank = Memory(shape=word, depth=rows * C, init=[])
@@ -179,12 +329,17 @@ class SimilarityEngine(wiring.Component):
             t_rd.append(toks.read_port())
 
         # Guide writes: always ready.
+        g_waddr = Signal(range(depth + 1))
         m.d.comb += [
             self.guide_w.ready.eq(1),
-            g_wr.addr.eq(self.guide_w.payload.token * C + self.guide_w.payload.chunk),
-            g_wr.data.eq(self.guide_w.payload.data),
-            g_wr.en.eq(self.guide_w.valid),
+            g_waddr.eq(self.guide_w.payload.token * C + self.guide_w.payload.chunk),
         ]
+        for k in range(K):
+            m.d.comb += [
+                g_wr[k].addr.eq(g_waddr[:pbits]),
+                g_wr[k].data.eq(self.guide_w.payload.data),
+                g_wr[k].en.eq(self.guide_w.valid & ((g_waddr >> pbits) == k if K > 1 else 1)),
+            ]
 
         # --- dst list and the copy of dst vectors into the banks ---------------------------
         n_dst = Signal(unsigned(cb))
@@ -195,10 +350,17 @@ class SimilarityEngine(wiring.Component):
         copy_tok = Signal(unsigned(p.idx_bits))
         copy_addr = Signal(range(p.N_max * C + 1))
         copy_chunk = Signal(range(C + 1))
-        wb_valid = Signal()                       # a copied chunk arrives on the read port
-        wb_chunk = Signal(range(C + 1))
-        wb_last = Signal()
-        m.d.comb += self.n_dst.eq(n_dst)
+        # A copied chunk travels with its guide read data: wb[s] is at stage s; it is written
+        # into its bank at stage s_memr from the part registers through the part mux (one
+        # LUT level into the block RAM's data input), a cycle before the src path's a_r.
+        wb_layout = data.StructLayout({"valid": 1, "chunk": range(C + 1), "last": 1,
+                                       "tok": unsigned(p.idx_bits)})
+        wb = [Signal(wb_layout, name=f"wb{s}") for s in range(self._s_memr + 1)]
+        wb_busy = Signal()       # a copied chunk still on its way to its bank
+        m.d.comb += [self.n_dst.eq(n_dst), wb_busy.eq(Cat(*(w.valid for w in wb)).any())]
+        # The entry counts (and a src may start) once its last chunk is one stage before its
+        # bank write: a src reads the banks from the cycle after it starts, after that write.
+        wb_count = wb[self._s_memr - 1]
 
         src_busy = Signal()                       # any src accepted whose result is not out
         m.d.comb += self.dst_load.ready.eq(~copying & ~src_busy)
@@ -209,28 +371,38 @@ class SimilarityEngine(wiring.Component):
                 copy_addr.eq(self.dst_load.payload * C),
                 copy_chunk.eq(0),
             ]
-        m.d.sync += wb_valid.eq(0)
+        m.d.comb += [
+            wb[0].valid.eq(copying),
+            wb[0].chunk.eq(copy_chunk),
+            wb[0].last.eq(copy_chunk == C - 1),
+            wb[0].tok.eq(copy_tok),
+        ]
+        for s in range(1, self._s_memr + 1):
+            m.d.sync += wb[s].eq(wb[s - 1])
+        wbw = wb[-1]
         with m.If(copying):
             m.d.sync += [
                 copy_addr.eq(copy_addr + 1),
                 copy_chunk.eq(copy_chunk + 1),
-                wb_valid.eq(1),
-                wb_chunk.eq(copy_chunk),
-                wb_last.eq(copy_chunk == C - 1),
             ]
             with m.If(copy_chunk == C - 1):
                 m.d.sync += copying.eq(0)
+        # Guide data: one register per part (stage s_memr), the part mux (g_mux), and
+        # registered at stage s_a for the lanes.
+        g_mux = Signal(word)
+        a_r = Signal(word, reset_less=True)
         for j in range(P):
             m.d.comb += [
-                b_wr[j].addr.eq(wr_rowaddr + wb_chunk),
-                b_wr[j].data.eq(g_rd.data),
-                b_wr[j].en.eq(wb_valid & (wr_bank == j)),
+                b_wr[j].addr.eq(wr_rowaddr + wbw.chunk),
+                b_wr[j].data.eq(g_mux),
+                b_wr[j].en.eq(wbw.valid & (wr_bank == j)),
                 t_wr[j].addr.eq(wr_row),
-                t_wr[j].data.eq(copy_tok),
-                t_wr[j].en.eq(wb_valid & wb_last & (wr_bank == j)),
+                t_wr[j].data.eq(wbw.tok),
+                t_wr[j].en.eq(wbw.valid & wbw.last & (wr_bank == j)),
             ]
-        with m.If(wb_valid & wb_last):
+        with m.If(wb_count.valid & wb_count.last):
             m.d.sync += n_dst.eq(n_dst + 1)
+        with m.If(wbw.valid & wbw.last):
             with m.If(wr_bank == P - 1):
                 m.d.sync += [wr_bank.eq(0), wr_row.eq(wr_row + 1),
                              wr_rowaddr.eq(wr_rowaddr + C)]
@@ -284,7 +456,8 @@ class SimilarityEngine(wiring.Component):
         src_done = active & last_chunk & last_grp
         start = Signal()
         # A src starts only with a reserved FIFO slot and after the dst copy has finished.
-        m.d.comb += start.eq(nxt_valid & (~active | src_done) & base_ok & ~copying & ~wb_valid
+        m.d.comb += start.eq(nxt_valid & (~active | src_done) & base_ok & ~copying
+                             & ~Cat(*(w.valid for w in wb[:self._s_memr])).any()
                              & (reserved < self._fifo_depth))
         take = Signal()
         m.d.comb += [
@@ -338,70 +511,36 @@ class SimilarityEngine(wiring.Component):
             m.d.sync += sb[s].eq(sb[s - 1])
 
         # Shared guide read port: dst copy while loading, src chunks while searching.
-        m.d.comb += g_rd.addr.eq(Mux(copying, copy_addr, gaddr))
+        g_raddr = Signal(range(depth + 1))
+        m.d.comb += g_raddr.eq(Mux(copying, copy_addr, gaddr))
+        part = [Signal(range(max(2, K)), name=f"gpart{s}", reset_less=True) for s in (1, 2)]
+        m.d.sync += [part[0].eq(g_raddr >> pbits), part[1].eq(part[0])]
+        g_part_r = []
+        for k in range(K):
+            m.d.comb += g_rd[k].addr.eq(g_raddr[:pbits])
+            r = Signal(word, name=f"g_part_r{k}", reset_less=True)
+            m.d.sync += r.eq(g_rd[k].data)
+            g_part_r.append(r)
+        m.d.comb += g_mux.eq(Array(g_part_r)[part[1]] if K > 1 else g_part_r[0])
+        m.d.sync += a_r.eq(g_mux)
+        # Bank data reaches stage s_a through the lane's two registers, in step with the
+        # guide data (part register, then the registered part mux).
         for j in range(P):
             m.d.comb += b_rd[j].addr.eq(baddr)
 
         # --- lanes -------------------------------------------------------------------------
-        # Datapath registers are reset-less: only the sideband's valid bits need a reset, and
-        # a reset on every data flop costs LUT inputs/routing (iCE40 SB_DFFSR).
-        a_r = Signal(word, reset_less=True)
-        m.d.sync += a_r.eq(g_rd.data)
-        b_r = [Signal(word, name=f"b_r{j}", reset_less=True) for j in range(P)]
-        for j in range(P):
-            m.d.sync += b_r[j].eq(b_rd[j].data)
-        sq_bits = 2 * B
-        sums = []
-        for j in range(P):
-            sq = []
-            for e in range(L):
-                d = Signal(signed(B + 1), name=f"diff{j}_{e}", reset_less=True)
-                m.d.sync += d.eq(a_r[e] - b_r[j][e])
-                s = Signal(unsigned(sq_bits), name=f"sq{j}_{e}", reset_less=True)
-                if self._sq_table:
-                    # Table on the raw (B+1)-bit two's-complement difference.
-                    tab = Array(Const(((v ^ (1 << B)) - (1 << B)) ** 2, sq_bits)
-                                for v in range(1 << (B + 1)))
-                    m.d.sync += s.eq(tab[d.as_unsigned()])
-                else:
-                    m.d.sync += s.eq(d * d)
-                sq.append(s)
-            level, depth = sq, 0
-            while len(level) > 1:
-                nxt = []
-                depth += 1
-                reg = depth % self._tps == 0
-                for t in range(0, len(level) - 1, 2):
-                    w = Signal(unsigned(len(level[t]) + 1), name=f"add{j}_{depth}_{t // 2}",
-                               reset_less=True)
-                    if reg:
-                        m.d.sync += w.eq(level[t] + level[t + 1])
-                    else:
-                        m.d.comb += w.eq(level[t] + level[t + 1])
-                    nxt.append(w)
-                if len(level) % 2:
-                    if reg:
-                        w = Signal(unsigned(len(level[-1])), name=f"add{j}_{depth}_odd",
-                                   reset_less=True)
-                        m.d.sync += w.eq(level[-1])
-                        nxt.append(w)
-                    else:
-                        nxt.append(level[-1])
-                level = nxt
-            if depth % self._tps:
-                w = Signal(unsigned(len(level[0])), name=f"sum{j}", reset_less=True)
-                m.d.sync += w.eq(level[0])
-                level = [w]
-            sums.append(level[0])
-
-        # Accumulate the D/L chunks (stage s_acc holds the partial distance).
         sbs = sb[self._s_sum]
         accs = []
         for j in range(P):
-            acc = Signal(dist_shape, name=f"acc{j}", reset_less=True)
-            with m.If(sbs.valid):
-                m.d.sync += acc.eq(Mux(sbs.first_chunk, sums[j], acc + sums[j]))
-            accs.append(acc)
+            lane = SimilarityLane(p, sq_table=self._sq_table, tree_per_stage=self._tps)
+            m.submodules[f"lane{j}"] = lane
+            m.d.comb += [
+                lane.a.eq(a_r),
+                lane.b.eq(b_rd[j].data),
+                lane.acc_en.eq(sbs.valid),
+                lane.acc_first.eq(sbs.first_chunk),
+            ]
+            accs.append(lane.dist)
 
         # Lane tokens: read from the bank token memories two stages early and registered, so
         # they arrive at s_acc without a block-RAM clock-to-out in the argmin's first level.
@@ -424,9 +563,10 @@ class SimilarityEngine(wiring.Component):
             level.append(c)
 
         def better(a, b):
-            # a wins over b: valid beats invalid, then (dist, tok) lexicographically.
-            return a.valid & (~b.valid | (a.dist < b.dist)
-                              | ((a.dist == b.dist) & (a.tok < b.tok)))
+            # a wins over b: valid beats invalid, then (dist, tok) lexicographically, as one
+            # unsigned compare of Cat(tok, dist) (one carry chain; the separate <, == and <
+            # were the iCE40 critical path through the running minimum).
+            return a.valid & (~b.valid | (Cat(a.tok, a.dist) < Cat(b.tok, b.dist)))
 
         depth = 0
         while len(level) > 1:
@@ -475,7 +615,7 @@ class SimilarityEngine(wiring.Component):
 
         m.d.comb += [
             src_busy.eq(nxt_valid | active | (reserved != 0)),
-            self.idle.eq(~src_busy & ~copying & ~wb_valid),
+            self.idle.eq(~src_busy & ~copying & ~wb_busy),
         ]
         with m.If(src_busy):
             m.d.sync += self.busy_cycles.eq(self.busy_cycles + 1)

@@ -113,3 +113,40 @@ def test_quantizer_bad_params():
         Quantizer({"B": 8})
     with pytest.raises(ParamError, match="B must be 4 or 8"):
         Quantizer(OrbisParams(B=6))
+
+
+@pytest.mark.parametrize("L", [1, 4, 8])
+def test_quantizer_start_drops_pending_max(L):
+    """``start`` right after a call's last beat: that call's chunk maxima still in the
+    comparator pipeline must not leak into the new call's ``max_abs``; a beat accepted in the
+    same cycle as ``start`` belongs to the new call."""
+    p = OrbisParams(N_max=16, D=8, B=8, P=2, L=L)
+    dut = Quantizer(p)
+    seen = {}
+
+    async def tb(ctx):
+        ctx.set(dut.o.ready, 1)
+        ctx.set(dut.shift, 4)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        ctx.set(dut.i.valid, 1)
+        for k in range(3):      # call 1: big values
+            ctx.set(dut.i.payload.data, [30000 - k] * L)
+            await ctx.tick()
+        # call 2 starts with a beat accepted in the same cycle, then one more beat
+        ctx.set(dut.start, 1)
+        ctx.set(dut.i.payload.data, [-7] + [3] * (L - 1))
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        ctx.set(dut.i.payload.data, [5] * L)
+        await ctx.tick()
+        ctx.set(dut.i.valid, 0)
+        await ctx.tick().repeat(dut.max_abs_latency + 1)
+        seen["max"] = ctx.get(dut.max_abs)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    assert seen["max"] == 7

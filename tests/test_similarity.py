@@ -43,7 +43,7 @@ def run_engine(p, g, shift, rounds, seed, idle=0.3, bp=0.3, engine_kwargs=None):
         for n in range(g.shape[0]):
             for c in range(p.chunks):
                 await put(ctx, dut.i, {"data": [int(v) for v in g[n, c * p.L:(c + 1) * p.L]]})
-        await ctx.tick().repeat(3)
+        await ctx.tick().repeat(dut.quantizer.max_abs_latency + 1)
         meas["max_abs"] = ctx.get(dut.max_abs)
         for ri, (clear, dst_add, base, src) in enumerate(rounds):
             st["round"] = ri
@@ -148,6 +148,21 @@ def test_engine_random(p):
     check(p, g, shift, rounds, seed)
 
 
+@pytest.mark.parametrize("split", [16, 32])
+def test_engine_guide_split(split):
+    """Guide buffer split into several memories (each read into its own register)."""
+    p = OrbisParams(N_max=40, D=8, B=8, P=3, L=2)             # 160 words: 10 or 5 parts
+    seed = random.randrange(1 << 30)
+    rs = np.random.default_rng(seed)
+    g, shift, dst, src = random_case(p, rs, 40, n_dst=9)
+    prom, rest = src[:4], src[4:]
+    rounds = [(True, dst, 0, src), (False, prom, len(dst), rest)]
+    eng = SimilarityEngine(p, guide_split=split)
+    eng._MustUse__silence = True              # only its property is read
+    assert eng.guide_parts == -(-160 // split)
+    check(p, g, shift, rounds, seed, engine_kwargs={"guide_split": split})
+
+
 @pytest.mark.parametrize("idle,bp", [(0.0, 0.0), (0.0, 0.7), (0.5, 0.0), (0.4, 0.9)])
 def test_engine_idle_backpressure(idle, bp):
     p = OrbisParams(N_max=32, D=8, B=8, P=3, L=4)
@@ -224,6 +239,8 @@ def test_engine_bad_params():
         SimilarityEngine(p, tree_per_stage=0)
     with pytest.raises(ParamError, match="fifo_depth"):
         SimilarityEngine(p, fifo_depth=1)
+    with pytest.raises(ParamError, match="guide_split"):
+        SimilarityEngine(p, guide_split=100)
     with pytest.raises(ParamError, match="L must divide D"):
         OrbisParams(D=12, L=5)
     with pytest.raises(ParamError, match="P must be"):

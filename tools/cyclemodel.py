@@ -1,26 +1,31 @@
 """Cycle models: the DATM matcher's cycles per layer call, and attention on the reference array.
 
-The matcher model is an explicit formula so that RTL measurements at small sizes can check it
-(``matcher_cycles(...)["passes"]`` lists every term). All cycles are of the one clock the unit
-shares with the host array.
+The matcher model is an explicit formula of the hardware's phases (``hw/matcher.py``) so that
+RTL measurements can check it (``matcher_cycles(...)`` returns every term, and
+:func:`calibration` compares it with the RTL-measured call in :data:`RTL_CALL`). All cycles
+are of the one clock the unit shares with the host array.
 
-Matcher (one layer call, ``R`` coverage rounds, so ``R + 1`` distance passes)::
+Matcher (one layer call, ``R`` coverage rounds, so ``R + 1`` distance passes). The hardware's
+rounds are **incremental**: round 0 compares every src with the initial dst; round ``k > 0``
+compares the remaining src only with the dst promoted in round ``k-1`` (each src keeps the
+minimum of its stored best and the new result, which equals a full recomputation)::
 
-    C        = D / L                                  guide chunks per token
-    n_dst[0] = number of windows                      (LFSR initial dst, one per window)
-    n_dst[p] = n_dst[p-1] + quota_eff[p-1]            quota_eff = min(quota, stay)
-    n_src[p] = N - n_dst[p]
-    engine[p]   = n_src[p] * ceil(n_dst[p] / P) * C / util      ideal engine cycles per pass
-    overhead[p] = a_tok * N + a_bin * NB + pipe                 histogram, threshold, promotion
-    load        = N * C                                         guide into the buffer (quantizer)
-    init        = n_windows                                     LFSR, one window per cycle
-    select      = N + NB                                        prefix-sum threshold + map write
-    total = load + init + sum_p (engine[p] + overhead[p]) + select
+    C          = D / L                                  guide chunks per token
+    new[0]     = n_dst[0] = number of windows           (LFSR initial dst, one per window)
+    q_eff[k]   = min(quota, n_src[k] - r)               (promotions of round k < R)
+    new[k+1]   = q_eff[k];  n_dst[k+1] = n_dst[k] + q_eff[k];  n_src[k] = N - n_dst[k]
+    engine[k]  = ceil(n_src[k] * ceil(new[k] / P) * C / util) + e_pipe   (0 if new[k] = 0)
+    bin[k]     = N + NB + c_pass                        binning scan + threshold dump
+    promote[k] = max(N, q_eff[k] * (C + 1)) + c_pass    k < R: scan; dst copies overlap it
+    load       = N * C + 2                              guide beats through the quantizer
+    init       = n_windows * (C + 1)                    a dst copy per window
+    select     = N + 3;  map = N + 3
+    total = load + init + sum_k (engine[k] + bin[k]) + sum_{k<R} promote[k] + select + map
 
-``util`` is the engine's lane utilisation (DESIGN.md asks >= 0.95; 1.0 is the ideal), ``a_tok``
-the token-proportional overhead per pass (a scan of the nearest/distance table), ``a_bin`` the
-bin-proportional one (histogram clear and the threshold scan), ``pipe`` the engine's pipeline
-fill/drain per pass. They are arguments so that the matcher's RTL cycles can calibrate them.
+``util`` is the engine's lane utilisation within a pass (1.0: the engine issues every cycle;
+measured 1.001 engine/ideal), ``e_pipe`` the engine pipeline fill/drain per pass and
+``c_pass`` the per-scan overhead (state changes, scanner and histogram pipelines). The
+defaults are calibrated on the RTL-measured call :data:`RTL_CALL` (see :func:`calibration`).
 
 Attention of one layer on an ``rows x cols`` MAC array (ideal utilisation, which is the
 conservative assumption for hiding: a real array is slower)::
@@ -33,7 +38,17 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["n_windows", "matcher_cycles", "attention_cycles"]
+__all__ = ["n_windows", "matcher_cycles", "attention_cycles", "RTL_CALL", "calibration"]
+
+# RTL-measured matcher call (tools/bench_matcher.py, Amaranth simulation with the real
+# quantizer and engine; docs/matcher.md): Big Buck Bunny, 8 x 8 x 8 = 512 tokens,
+# ecp5-default shape (D = 64, P = L = 8, NB = 64), R = 2, quota 32, r = 256, 2x2x2 windows.
+RTL_CALL = dict(
+    config=dict(F=8, H=8, W=8, D=64, P=8, L=8, NB=64, R=2, quota=32, r=256,
+                window=(2, 2, 2)),
+    cycles=dict(load=4098, init=575, engine=[28695, 13330, 12306], datm=2950, select=515,
+                map=515, total=62986),
+)
 
 
 def n_windows(F: int, H: int, W: int, window=(2, 2, 2)) -> int:
@@ -44,7 +59,7 @@ def n_windows(F: int, H: int, W: int, window=(2, 2, 2)) -> int:
 
 def matcher_cycles(*, F: int, H: int, W: int, D: int, P: int, L: int, R: int, quota: int,
                    NB: int, r: int | None = None, window=(2, 2, 2), util: float = 1.0,
-                   a_tok: float = 1.0, a_bin: float = 2.0, pipe: int = 32) -> dict:
+                   e_pipe: int = 20, c_pass: int = 40) -> dict:
     """Return the matcher's cycles for one call, with every term of the formula.
 
     Parameters
@@ -56,15 +71,22 @@ def matcher_cycles(*, F: int, H: int, W: int, D: int, P: int, L: int, R: int, qu
     R, quota : int
         Coverage rounds and the promotion quota per round.
     r : int, optional
-        Target merges (bounds ``quota_eff`` by the src that stay kept); default: no bound.
-    util, a_tok, a_bin, pipe : float
+        Target merges (bounds ``q_eff`` by the src that stay kept); default: no bound.
+    util, e_pipe, c_pass : float, int, int
         Calibration constants (see the module docstring).
 
     Returns
     -------
     dict
-        ``total``, ``load``, ``init``, ``select``, ``engine_ideal`` (sum of the ideal engine
-        cycles) and ``passes`` (per pass: ``n_dst``, ``n_src``, ``engine``, ``overhead``).
+        ``total``, ``load``, ``init``, ``datm`` (bin + promote of all rounds), ``select``,
+        ``map``, ``engine`` (per pass), ``engine_ideal`` (sum of ``n_src * new * C / P``
+        without rounding up to groups) and ``passes`` (per pass: ``n_dst``, ``new``,
+        ``n_src``, ``engine``, ``bin``, ``promote``, ``overhead`` = bin + promote).
+
+    Raises
+    ------
+    ValueError
+        ``L`` does not divide ``D`` or ``util`` is outside ``(0, 1]``.
     """
     if D % L:
         raise ValueError(f"L must divide D ({D}), not {L!r}")
@@ -72,22 +94,44 @@ def matcher_cycles(*, F: int, H: int, W: int, D: int, P: int, L: int, R: int, qu
         raise ValueError(f"util must be in (0, 1], not {util!r}")
     N = F * H * W
     C = D // L
-    n_dst = n_windows(F, H, W, window)
+    nw = n_windows(F, H, W, window)
+    n_dst, new = nw, nw
     passes = []
-    engine_ideal = 0
-    for p in range(R + 1):
+    engine_ideal = 0.0
+    for k in range(R + 1):
         n_src = N - n_dst
-        ideal = n_src * math.ceil(n_dst / P) * C
-        engine_ideal += ideal
-        passes.append(dict(n_dst=n_dst, n_src=n_src, engine=math.ceil(ideal / util),
-                           overhead=math.ceil(a_tok * N + a_bin * NB + pipe)))
-        if p < R:
-            stay = n_src - r if r is not None else n_src
-            n_dst += max(0, min(quota, stay))
-    load, init, select = N * C, n_windows(F, H, W, window), N + NB
-    total = load + init + select + sum(x["engine"] + x["overhead"] for x in passes)
-    return dict(total=total, load=load, init=init, select=select, engine_ideal=engine_ideal,
+        work = n_src * math.ceil(new / P) * C
+        engine_ideal += n_src * new * C / P
+        eng = math.ceil(work / util) + e_pipe if new and n_src else 0
+        q = max(0, min(quota, n_src - r if r is not None else n_src)) if k < R else 0
+        b = N + NB + c_pass
+        pr = max(N, q * (C + 1)) + c_pass if k < R else 0
+        passes.append(dict(n_dst=n_dst, new=new, n_src=n_src, engine=eng, bin=b, promote=pr,
+                           overhead=b + pr))
+        n_dst += q
+        new = q
+    load, init, select, mp = N * C + 2, nw * (C + 1), N + 3, N + 3
+    datm = sum(x["overhead"] for x in passes)
+    total = load + init + sum(x["engine"] for x in passes) + datm + select + mp
+    return dict(total=total, load=load, init=init, datm=datm, select=select, map=mp,
+                engine=[x["engine"] for x in passes], engine_ideal=round(engine_ideal),
                 passes=passes, N=N)
+
+
+def calibration(**constants) -> dict:
+    """Model against the RTL-measured call :data:`RTL_CALL`, phase by phase.
+
+    Returns ``{phase: {"rtl": .., "model": .., "error": model/rtl - 1}}`` for ``load``,
+    ``init``, ``engine[k]``, ``datm``, ``select``, ``map`` and ``total``.
+    """
+    m = matcher_cycles(**RTL_CALL["config"], **constants)
+    rtl = RTL_CALL["cycles"]
+    out = {}
+    for key in ("load", "init", "datm", "select", "map", "total"):
+        out[key] = dict(rtl=rtl[key], model=m[key], error=m[key] / rtl[key] - 1)
+    for k, (a, b) in enumerate(zip(rtl["engine"], m["engine"])):
+        out[f"engine[{k}]"] = dict(rtl=a, model=b, error=b / a - 1)
+    return out
 
 
 def attention_cycles(*, n_q: int, n_k: int, head_dim: int, heads: int, rows: int,

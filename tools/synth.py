@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import hashlib
 import json
 import os
@@ -43,7 +44,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hw.params import PRESETS, ParamError, preset
+from hw.params import PRESETS, ParamError, default_quota, preset
 
 from . import cyclemodel
 
@@ -78,13 +79,16 @@ REFERENCE = {
                              "flattered"),
 }
 SENSITIVITY_SIZES = (32, 64, 128, 256)
+# Placed and routed by default: the unit (whole hierarchy) and the two blocks whose timing the
+# design was restructured for. `--pnr-blocks all` places every block on its own too (each
+# nextpnr run on the 85k device takes a minute or more on a shared 2-core machine).
+DEFAULT_PNR_BLOCKS = ("top", "similarity", "quantizer")
 
 # Layer shapes for the hiding analysis. CogVideoX-2b: 13 x 30 x 45 latent tokens (480x720,
 # 49 frames, 2x2 patches), 30 heads of dim 64; the 226 text tokens are left out (fewer
 # attention cycles, so hiding is judged conservatively).
 HIDING = {
-    "cogvideox-2b": dict(F=13, H=30, W=45, heads=30, head_dim=64, quota_frac=0.05,
-                         reduction=0.5),
+    "cogvideox-2b": dict(F=13, H=30, W=45, heads=30, head_dim=64, reduction=0.5),
 }
 
 
@@ -214,6 +218,63 @@ def harness_verilog(top: str, ports: list) -> str:
     lines.append(f"  \\{top.lstrip(chr(92))} dut (" + ", ".join(conns) + ");")
     lines.append("endmodule")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Hierarchical blocks: registered blocks inside a parent become blackboxes
+
+@contextlib.contextmanager
+def blackbox_children(root, params, classes: dict):
+    """Elaborate ``root`` with every registered block below it replaced by a blackbox.
+
+    While active, Amaranth's ``Fragment.get`` returns, for a component (other than ``root``)
+    whose class is a key of ``classes`` and whose ``params`` equal ``params``, an
+    ``Instance`` of module ``orbis_bb_<block>`` connected to all of its ports. The parent is
+    then synthesised alone (its glue) and the child figures come from the child's own block
+    results: nothing is synthesised twice.
+
+    Yields
+    ------
+    list
+        Filled during elaboration with ``(block_name, [(direction, port, width)])`` per
+        replaced instance.
+    """
+    from amaranth.hdl import ClockSignal, Instance, ResetSignal, Shape, Value
+    from amaranth.hdl import _ir
+    from amaranth.lib import wiring
+
+    found = []
+    orig = _ir.Fragment.get
+
+    def get(obj, platform):
+        if (obj is not root and isinstance(obj, wiring.Component) and type(obj) in classes
+                and getattr(obj, "params", None) == params):
+            name = classes[type(obj)]
+            obj._MustUse__used = True
+            kw = {"i_clk": ClockSignal(), "i_rst": ResetSignal()}
+            ports = [("input", "clk", 1), ("input", "rst", 1)]
+            for path, member, value in obj.signature.flatten(obj):
+                pname = "__".join(str(x) for x in path)
+                inp = member.flow == wiring.In
+                kw[("i_" if inp else "o_") + pname] = Value.cast(value)
+                ports.append(("input" if inp else "output", pname,
+                              Shape.cast(member.shape).width))
+            found.append((name, ports))
+            return orig(Instance(f"orbis_bb_{name}", **kw), platform)
+        return orig(obj, platform)
+
+    _ir.Fragment.get = staticmethod(get)
+    try:
+        yield found
+    finally:
+        _ir.Fragment.get = staticmethod(orig)
+
+
+def blackbox_stub(name: str, ports: list) -> str:
+    """Verilog declaration of blackbox module ``orbis_bb_<name>``."""
+    decl = [f"  {d} {'[%d:0] ' % (w - 1) if w > 1 else ''}{n};" for d, n, w in ports]
+    return (f"(* blackbox *)\nmodule orbis_bb_{name}({', '.join(n for _, n, _ in ports)});\n"
+            + "\n".join(decl) + "\nendmodule\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,12 +466,50 @@ def _pnr_report(report: dict) -> dict:
     return out
 
 
+def _synth_with_fallback(ctx: Ctx, label: str, wd: Path, name: str, script: str,
+                         logname: str) -> str:
+    """Run a Yosys FPGA script, falling back when ABC9 crashes.
+
+    ABC9 in the YoWASP build traps on some netlists (seen on the matcher's glue with its
+    children blackboxed, iCE40 and ECP5). Fallbacks: ``abc9 -dff`` (flip-flops inside the
+    mapping, a different netlist to ABC), then for iCE40 ``-noabc`` (Yosys' own LUT mapping).
+    Returns the mapper used.
+    """
+    variants = [("abc9", "")]
+    variants.append(("abc9 -dff (abc9 failed)", " -dff"))
+    if "synth_ice40" in script:
+        variants.append(("yosys lut mapping (abc9 failed)", " -noabc"))
+    err = None
+    for i, (mapper, opt) in enumerate(variants):
+        text = re.sub(r"(synth_(?:ice40|ecp5)\b[^\n]*)", lambda g: g.group(1) + opt, script)
+        (wd / name).write_text(text)
+        try:
+            _run_tool(ctx, label + (f" ({mapper.split(' (')[0]})" if i else ""),
+                      [tool("yosys"), "-q", "-s", name], wd, logname)
+            return mapper
+        except ToolError as e:
+            if "timeout" in str(e):
+                raise
+            err = e
+            log(f"  {label}: yosys failed with {variants[i][0]} ({str(e)[:60]}); retrying")
+    raise err
+
+
 def run_fpga(ctx: Ctx, label: str, verilog: str, top: str, target: str, pnr: bool,
-             seed: int = 1) -> dict:
+             seed: int = 1, resources: bool = True) -> dict:
+    """Resource counts of ``top`` (flattened) and, with ``pnr``, fmax in the harness.
+
+    ``resources=False`` (with ``pnr``) skips the synthesis of the block alone: the counts
+    then come from the harness netlist, less the harness's own flip-flops (used for a whole
+    hierarchy, whose synthesis is the expensive part).
+    """
     script = f"read_verilog -sv design.v\n{FPGA_SYNTH[target].format(top=top)}\n" \
              f"tee -q -o stat.json stat -json\n"
+    if not resources:
+        script = "(resources from the harness)\n"
     dev = DEVICES[target]
-    harness = harness_verilog(top, top_ports(verilog, top)) if pnr else ""
+    ports = top_ports(verilog, top)
+    harness = harness_verilog(top, ports) if pnr else ""
     pnr_key = f"pnr {dev['args']} {dev['freq']} seed={seed}" if pnr else "no-pnr"
     versions = tool_version("yosys") + (tool_version(f"nextpnr-{target}") if pnr else "")
 
@@ -421,18 +520,33 @@ def run_fpga(ctx: Ctx, label: str, verilog: str, top: str, target: str, pnr: boo
         (wd / "design.v").write_text(verilog)
         (wd / "synth.ys").write_text(script)
         t0 = time.perf_counter()
-        lname = label.replace(" ", "_")
-        _run_tool(ctx, label, [tool("yosys"), "-q", "-s", "synth.ys"], wd, f"{lname}.log")
-        stat = json.loads((wd / "stat.json").read_text())["design"]["num_cells_by_type"]
-        res = dict(resources=parse_fpga(target, stat), cell_types=stat)
+        lname = label.replace(" ", "_").replace("(", "").replace(")", "")
+        res = {}
+        if resources:
+            res["mapper"] = _synth_with_fallback(ctx, label, wd, "synth.ys", script,
+                                                 f"{lname}.log")
+            stat = json.loads((wd / "stat.json").read_text())["design"]["num_cells_by_type"]
+            res = dict(resources=parse_fpga(target, stat), cell_types=stat)
         res["synth_seconds"] = round(time.perf_counter() - t0, 1)
         if pnr:
             (wd / "harness.v").write_text(harness)
             pscript = (f"read_verilog -sv design.v harness.v\n"
-                       f"{FPGA_SYNTH[target].format(top='orbis_harness')}\n")
+                       f"{FPGA_SYNTH[target].format(top='orbis_harness')}\n"
+                       f"tee -q -o stat_h.json stat -json\n")
             (wd / "pnr.ys").write_text(pscript)
-            _run_tool(ctx, label + " (harness)", [tool("yosys"), "-q", "-s", "pnr.ys"], wd,
-                      f"{lname}_harness.log")
+            t1 = time.perf_counter()
+            res["harness_mapper"] = _synth_with_fallback(ctx, label + " (harness)", wd,
+                                                         "pnr.ys", pscript,
+                                                         f"{lname}_harness.log")
+            res["harness_synth_seconds"] = round(time.perf_counter() - t1, 1)
+            if not resources:
+                stat = json.loads((wd / "stat_h.json").read_text())["design"][
+                    "num_cells_by_type"]
+                r = parse_fpga(target, stat)
+                # The harness's shift chain (inputs + 1) and capture chain (outputs).
+                r["FF"] -= sum(w for d, n, w in ports if n != "clk") + 1
+                res.update(resources=r, cell_types=stat, resources_basis="harness netlist "
+                           "less harness flip-flops (flattened, whole hierarchy)")
             t1 = time.perf_counter()
             argv = [tool(f"nextpnr-{target}"), *dev["args"], "--json", "netlist.json",
                     "--freq", str(dev["freq"]), "--seed", str(seed), "--report",
@@ -460,20 +574,51 @@ class Unit:
     count: int = 1       # instances (reference units are scaled by this)
     error: str = ""
     info: dict = field(default_factory=dict)
+    children: dict = field(default_factory=dict)   # block name -> instances (blackboxed)
+    full_verilog: str = ""   # whole hierarchy of a composite block, for place and route
 
 
-def elaborate_blocks(params, names) -> list:
-    from hw.gen import build_block, to_verilog
-    units = []
-    for name in names:
+def elaborate_blocks(params, names, full_for=()) -> list:
+    """Elaborate blocks; registered blocks inside a block become blackboxes.
+
+    A block that contains other registered blocks (the matcher, the top) is converted with
+    its children replaced by ``orbis_bb_<child>`` blackboxes (:func:`blackbox_children`), so
+    its Verilog is its own glue; the report adds the children's figures from their own rows.
+    Children that are not in ``names`` are added. For blocks in ``full_for`` the whole
+    hierarchy is converted too (``Unit.full_verilog``), for place and route.
+    """
+    from hw.gen import BLOCKS, block_class, build_block, to_verilog
+    classes = {block_class(n): n for n in BLOCKS}
+    units, todo, seen = [], list(names), set()
+    while todo:
+        name = todo.pop(0)
+        if name in seen:
+            continue
+        seen.add(name)
         t0 = time.perf_counter()
         log(f"elaborating block {name} ...")
         u = Unit(name=name, kind="block", top=f"orbis_{name}")
         try:
-            text = to_verilog(build_block(name, params), name=u.top)
+            comp = build_block(name, params)
+            with blackbox_children(comp, params, classes) as found:
+                text = to_verilog(comp, name=u.top)
+            stubs = dict(found)
+            for child, _ in found:
+                u.children[child] = u.children.get(child, 0) + 1
+                if child not in seen and child not in todo:
+                    todo.append(child)
+            text += "".join("\n\n" + blackbox_stub(n, ports) for n, ports in stubs.items())
             u.verilog, u.info = dedupe_verilog(text, u.top)
+            kids = ", ".join(f"{n} x {c}" for n, c in u.children.items())
             log(f"  {name}: {text.count(chr(10))} lines, {u.info['modules']} modules -> "
-                f"{u.info['unique']} distinct ({time.perf_counter() - t0:.1f} s)")
+                f"{u.info['unique']} distinct{'; blackboxed children: ' + kids if kids else ''}"
+                f" ({time.perf_counter() - t0:.1f} s)")
+            if u.children and name in full_for:
+                t0 = time.perf_counter()
+                full = to_verilog(build_block(name, params), name=u.top)
+                u.full_verilog = dedupe_verilog(full, u.top)[0]
+                log(f"  {name} (whole hierarchy, for place and route): "
+                    f"{full.count(chr(10))} lines ({time.perf_counter() - t0:.1f} s)")
         except Exception as e:
             u.error = f"elaboration failed: {type(e).__name__}: {e}"
             log(f"  {name}: ERROR {u.error}")
@@ -510,7 +655,7 @@ def _heartbeat(ctx: Ctx, stop: threading.Event, every: float):
 
 def run(preset_name: str, targets=None, out_dir=None, params=None, blocks=None,
         reference=None, jobs: int = 2, timeout: float = 1800.0, use_cache: bool = True,
-        pnr: bool | None = None, heartbeat: float = 30.0) -> dict:
+        pnr: bool | None = None, heartbeat: float = 30.0, pnr_blocks=None) -> dict:
     """Run the flow and write the report; return the report dictionary.
 
     Parameters
@@ -527,6 +672,9 @@ def run(preset_name: str, targets=None, out_dir=None, params=None, blocks=None,
         Reference array configuration (default :data:`REFERENCE` of the preset).
     pnr : bool, optional
         Place and route on FPGA targets; default: only on the preset's home device.
+    pnr_blocks : list of str, optional
+        Blocks that are placed and routed (default: all). A composite block (one holding
+        other blocks, e.g. the top) is placed and routed as its whole hierarchy.
     """
     from hw import gen
     t_start = time.perf_counter()
@@ -548,7 +696,18 @@ def run(preset_name: str, targets=None, out_dir=None, params=None, blocks=None,
     log("checking tools (yowasp builds itself on first use, about a minute) ...")
     for t in ["yosys"] + [f"nextpnr-{t}" for t in targets if t != "generic"]:
         log(f"  {t}: {tool_version(t)}")
-    units = elaborate_blocks(params, names)
+    # Place and route runs on the home device (or every FPGA target with pnr=True), for the
+    # leaf blocks on their own and for a composite block (the top) on its whole hierarchy.
+    def pnr_on(target):
+        return target != "generic" and (pnr if pnr is not None
+                                        else HOME_DEVICE.get(preset_name) == target)
+    # Leaf blocks placed and routed on their own; composite blocks (the top by default) as
+    # their whole hierarchy. A composite other than the top is not placed and routed unless
+    # asked: the top's run covers its paths.
+    pnr_set = set(pnr_blocks if pnr_blocks is not None else names)
+    full_for = (pnr_set if pnr_blocks is not None else {"top"}) \
+        if any(pnr_on(t) for t in targets) else set()
+    units = elaborate_blocks(params, names, full_for=full_for)
     units += reference_units(ref_cfg)
 
     # Jobs: (unit, target). Big blocks first so the pool stays busy.
@@ -558,17 +717,23 @@ def run(preset_name: str, targets=None, out_dir=None, params=None, blocks=None,
     hb = threading.Thread(target=_heartbeat, args=(ctx, stop, heartbeat), daemon=True)
     hb.start()
 
-    def job(u: Unit, target: str):
-        label = f"{target} {u.name}"
-        do_pnr = (target != "generic" and u.kind == "block"
-                  and (pnr if pnr is not None else HOME_DEVICE.get(preset_name) == target))
+    def job(u: Unit, target: str, full: bool = False):
+        # full: place and route of a composite block's whole hierarchy (flattened).
+        label = f"{target} {u.name}{' (whole)' if full else ''}"
+        do_pnr = u.kind == "block" and pnr_on(target) and (
+            full or (u.name in pnr_set and not u.children))
         log(f"start {label}{' + place&route' if do_pnr else ''}")
         t0 = time.perf_counter()
         try:
             if target == "generic":
                 r = run_generic(ctx, label, u.verilog, u.top)
+            elif full:
+                r = run_fpga(ctx, label, u.full_verilog, u.top, target, True, resources=False)
             else:
-                r = run_fpga(ctx, label, u.verilog, u.top, target, do_pnr)
+                # A block that is placed and routed takes its counts from the harness
+                # netlist (one FPGA synthesis instead of two).
+                r = run_fpga(ctx, label, u.verilog, u.top, target, do_pnr,
+                             resources=not do_pnr)
             extra = ""
             if r.get("pnr"):
                 extra = f", fmax {r['pnr']['fmax_mhz']} MHz"
@@ -577,12 +742,15 @@ def run(preset_name: str, targets=None, out_dir=None, params=None, blocks=None,
         except Exception as e:
             r = dict(error=f"{type(e).__name__}: {e}")
             log(f"FAIL  {label}: {r['error']}")
-        return u.name, target, r
+        return u.name, target + ("_whole" if full else ""), r
 
     try:
         with cf.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            futs = [pool.submit(job, u, t) for u in order if not u.error for t in targets
-                    if not (u.kind == "ref" and t != "generic")]
+            # The whole-hierarchy place and route runs are the longest: submit them first.
+            futs = [pool.submit(job, u, t, True) for u in order for t in targets
+                    if u.full_verilog and not u.error and pnr_on(t)]
+            futs += [pool.submit(job, u, t) for u in order if not u.error for t in targets
+                     if not (u.kind == "ref" and t != "generic")]
             for f in cf.as_completed(futs):
                 name, target, r = f.result()
                 results[name][target] = r
@@ -594,6 +762,11 @@ def run(preset_name: str, targets=None, out_dir=None, params=None, blocks=None,
     write_outputs(report, out_dir)
     log(f"done in {report['flow_seconds']:.1f} s: {out_dir / 'report.md'}")
     return report
+
+
+GENERIC_KEYS = ("cells", "ff_bits", "transistors_logic", "mem_bits", "transistors_sram",
+                "transistors")
+FPGA_KEYS = ("LUT", "FF", "carry", "DSP", "BRAM", "SPRAM", "LUTRAM")
 
 
 def _sum_rows(rows, key):
@@ -632,22 +805,89 @@ def assemble(preset_name, params, targets, units, results, ref_cfg) -> dict:
                 row[t]["constraint_mhz"] = r["pnr"]["constraint_mhz"]
         (blocks if u.kind == "block" else ref)[u.name] = row
 
-    # The unit's total: the top if it exists, else the sum of the blocks.
+    # Composite blocks: own glue (children blackboxed) + children from their own rows.
+    children = {u.name: dict(u.children) for u in units if u.kind == "block" and u.children}
+    resolved = set()
+
+    def resolve(n):
+        row = blocks[n]
+        if n in resolved or n not in children:
+            return row
+        resolved.add(n)
+        kids = {c: resolve(c) if c in blocks else {} for c in children[n]}
+        row["children"] = children[n]
+        row["glue"] = {k: row[k] for k in GENERIC_KEYS if k in row}
+        missing = [c for c, r in kids.items() if "transistors" not in r]
+        if row["glue"] and not missing:
+            for k in GENERIC_KEYS:
+                row[k] = row["glue"][k] + sum(cnt * kids[c][k]
+                                              for c, cnt in children[n].items())
+            row["unknown_cells"] = any(kids[c].get("unknown_cells") for c in kids)
+        elif row["glue"]:
+            for k in GENERIC_KEYS:
+                row.pop(k, None)
+            row.setdefault("errors", {})["generic"] = f"no generic result for {missing}"
+        for t in ("ice40", "ecp5"):
+            if t not in row:
+                continue
+            miss = [c for c, r in kids.items() if t not in r]
+            row[t] = dict(row[t])
+            row["glue_" + t] = {k: row[t][k] for k in FPGA_KEYS if k in row[t]}
+            if miss:
+                row.pop(t)
+                row.setdefault("errors", {})[t] = f"no {t} result for {miss}"
+                continue
+            for k in row["glue_" + t]:
+                row[t][k] = row["glue_" + t][k] + sum(
+                    cnt * kids[c][t].get(k, 0) for c, cnt in children[n].items())
+            row[t]["basis"] = "glue + children"
+        res = results.get(n, {})
+        for t in ("ice40", "ecp5"):
+            w = res.get(t + "_whole")
+            if not w:
+                continue
+            if "error" in w:
+                row.setdefault("errors", {})[t + " place&route"] = w["error"]
+                continue
+            row.setdefault(t, {})["whole"] = w["resources"]
+            row[t]["fmax_mhz"] = w["pnr"]["fmax_mhz"]
+            row[t]["critical_path"] = w["pnr"]["critical_path"]
+            row[t]["device"] = w["pnr"]["device"]
+            row[t]["constraint_mhz"] = w["pnr"]["constraint_mhz"]
+            row[t]["fmax_basis"] = "whole hierarchy, flattened, placed and routed"
+        return row
+
+    for n in list(blocks):
+        resolve(n)
+
+    # Instances of every block in the unit (for the area breakdown without double counting).
+    nested = {c for kids in children.values() for c in kids}
+    roots = [n for n in blocks if n not in nested]
+    instances = {}
+
+    def count(n, k):
+        instances[n] = instances.get(n, 0) + k
+        for c, cnt in children.get(n, {}).items():
+            count(c, k * cnt)
+
+    for n in (["top"] if "top" in blocks else roots):
+        count(n, 1)
+
+    # The unit's total: the top if it exists, else the sum of the outermost blocks.
     ok = {n: r for n, r in blocks.items() if "transistors" in r}
     if "top" in ok:
-        unit_basis, unit = "top", dict(ok["top"])
+        unit_basis, unit = "top (glue + blocks, each synthesised once)", dict(ok["top"])
     else:
-        unit_basis = "sum of blocks" if ok else "none"
-        unit = {k: _sum_rows(ok.values(), k) for k in
-                ("cells", "ff_bits", "transistors_logic", "mem_bits", "transistors_sram",
-                 "transistors")}
-    parts = [n for n in blocks if n != "top"]
-    consistency = None
-    if "top" in ok and all(n in ok for n in parts) and parts:
-        s = _sum_rows([ok[n] for n in parts], "transistors_logic")
-        consistency = dict(blocks_logic_transistors=s,
-                           top_logic_transistors=ok["top"]["transistors_logic"],
-                           ratio=round(ok["top"]["transistors_logic"] / s, 4) if s else None)
+        unit_basis = "sum of outermost blocks" if ok else "none"
+        unit = {k: _sum_rows([ok[n] for n in roots if n in ok], k) for k in GENERIC_KEYS}
+    consistency = {}
+    for t in ("ice40", "ecp5"):
+        top = blocks.get("top", {}).get(t, {})
+        if top.get("whole"):
+            consistency[t] = {k: dict(hierarchical=top[k], whole=top["whole"][k],
+                                      ratio=round(top["whole"][k] / top[k], 3)
+                                      if top[k] else None)
+                              for k in ("LUT", "FF", "DSP", "BRAM") if k in top}
 
     ref_logic = _sum_rows(ref.values(), "transistors_logic")
     ref_cells = _sum_rows(ref.values(), "cells")
@@ -694,7 +934,8 @@ def assemble(preset_name, params, targets, units, results, ref_cfg) -> dict:
     return dict(preset=preset_name, params=params.as_dict(), targets=list(targets),
                 blocks=blocks, reference=dict(config=ref_cfg, units=ref,
                                               logic_transistors=ref_logic, cells=ref_cells),
-                unit=dict(basis=unit_basis, **unit), consistency=consistency,
+                unit=dict(basis=unit_basis, **unit), consistency=consistency or None,
+                instances=instances,
                 area_share=share, fmax=fmax, hiding=hiding(preset_name, params, ref_cfg),
                 sram_transistors_per_bit=SRAM_T_PER_BIT,
                 tools={k: v for k, v in _VERSIONS.items()})
@@ -709,7 +950,7 @@ def hiding(preset_name, params, ref_cfg):
     nw = cyclemodel.n_windows(h["F"], h["H"], h["W"], params.window)
     n_src0 = N - nw
     r = int(round(h["reduction"] * n_src0))
-    quota = max(1, int(round(h["quota_frac"] * N)))
+    quota = default_quota(N)          # the per-call default of hw.params
     kw = dict(F=h["F"], H=h["H"], W=h["W"], D=params.D, P=params.P, L=params.L,
               quota=quota, NB=params.NB, r=r, window=params.window)
     m = cyclemodel.matcher_cycles(R=params.R, **kw)
@@ -725,8 +966,11 @@ def hiding(preset_name, params, ref_cfg):
         a = cyclemodel.attention_cycles(n_q=N, n_k=N, head_dim=h["head_dim"],
                                         heads=h["heads"], rows=s, cols=s)
         sens[f"{s}x{s}"] = dict(attention_cycles=a, ratio=m["total"] / a)
+    cal = cyclemodel.calibration()
     return dict(shape=dict(F=h["F"], H=h["H"], W=h["W"], N=N, heads=h["heads"],
                            head_dim=h["head_dim"]),
+                calibration=dict(call=cyclemodel.RTL_CALL, phases=cal,
+                                 max_abs_error=max(abs(v["error"]) for v in cal.values())),
                 R=params.R, quota=quota, r=r, n_windows=nw,
                 matcher_cycles=m["total"], matcher=m, matcher_cycles_R0=m0["total"],
                 array=f"{rows}x{cols}", attention_cycles=att, ratio=m["total"] / att,
@@ -784,11 +1028,22 @@ def render_md(rep: dict) -> str:
     L.append(f"| **reference array** | {_fmt(rep['reference']['cells'])} | | "
              f"{_fmt(rep['reference']['logic_transistors'])} | 0 | "
              f"{_fmt(rep['reference']['logic_transistors'])} | |")
+    comp = [(n, r) for n, r in rep["blocks"].items() if r.get("children")]
+    if comp:
+        L += ["", "Blocks that hold other blocks are synthesised with those children as "
+              "blackboxes (their own *glue*), and their figures are glue + children from the "
+              "children's rows; every block is synthesised once."]
+        for n, r in comp:
+            g = r.get("glue", {})
+            L.append(f"- `{n}` = glue ({_fmt(g.get('transistors_logic'))} logic transistors, "
+                     f"{_fmt(g.get('mem_bits'))} SRAM bits) + " + " + ".join(
+                         f"{c}" + (f" x {k}" if k > 1 else "") for c, k in r["children"].items()))
     if rep.get("consistency"):
-        c = rep["consistency"]
-        L += ["", f"Top vs sum of blocks (logic transistors): {c['top_logic_transistors']:,} vs "
-              f"{c['blocks_logic_transistors']:,} (ratio {c['ratio']}; blocks that contain other "
-              f"blocks make the sum over-count)."]
+        L += ["", "Top, hierarchical sum vs the whole hierarchy flattened and mapped (the netlist "
+              "that is placed and routed): " + "; ".join(
+                  f"{t}: " + ", ".join(f"{k} {v['hierarchical']:,} vs {v['whole']:,}"
+                                       for k, v in c.items())
+                  for t, c in rep["consistency"].items()) + "."]
     for t in ("ice40", "ecp5"):
         if t not in rep["targets"]:
             continue
@@ -811,6 +1066,15 @@ def render_md(rep: dict) -> str:
     L += ["", "## Summary", ""]
     for t, f in rep.get("fmax", {}).items():
         ok = "meets" if f["worst_mhz"] >= f["floor_mhz"] else "MISSES"
+        top = rep["blocks"].get("top", {}).get(t, {})
+        if top.get("fmax_mhz"):
+            cp = top.get("critical_path") or {}
+            tok = "meets" if top["fmax_mhz"] >= f["floor_mhz"] else "MISSES"
+            L.append(f"- **fmax of the unit (top, whole hierarchy) on {f['device']}: "
+                     f"{top['fmax_mhz']} MHz** ({tok} the {f['floor_mhz']} MHz floor; goal "
+                     f"{f['goal_mhz']} MHz). Critical path: {cp.get('start')} -> "
+                     f"{cp.get('end')}, {cp.get('segments')} segments, logic "
+                     f"{cp.get('logic_ns')} ns, routing {cp.get('routing_ns')} ns.")
         L.append(f"- fmax on {f['device']}: worst block `{f['worst_block']}` "
                  f"{f['worst_mhz']} MHz ({ok} the {f['floor_mhz']} MHz floor; goal "
                  f"{f['goal_mhz']} MHz, constraint {f['goal_mhz']} MHz).")
@@ -845,10 +1109,22 @@ def render_md(rep: dict) -> str:
                  f"the {sh['N'] - h['r']:,} kept tokens only: {h['ratio_vs_reduced']:.3f}.")
         L.append("- Hiding ratio against other arrays (full attention): " + ", ".join(
             f"{k}: {v['ratio']:.3f}" for k, v in h["sensitivity"].items()))
-        L.append("- Matcher passes: " + "; ".join(
-            f"n_dst {p['n_dst']:,}, n_src {p['n_src']:,}, engine {p['engine']:,}, "
-            f"overhead {p['overhead']:,}" for p in h["matcher"]["passes"])
-            + f"; load {h['matcher']['load']:,}, select {h['matcher']['select']:,}.")
+        L.append("- Matcher passes (incremental: pass k > 0 compares the remaining src only "
+                 "with the dst promoted in pass k-1): " + "; ".join(
+                     f"n_src {p['n_src']:,} x new dst {p['new']:,} (of {p['n_dst']:,}): "
+                     f"engine {p['engine']:,}, scans {p['overhead']:,}"
+                     for p in h["matcher"]["passes"])
+                 + f"; load {h['matcher']['load']:,}, init {h['matcher']['init']:,}, select "
+                 f"{h['matcher']['select']:,}, map {h['matcher']['map']:,}.")
+        c = h.get("calibration")
+        if c:
+            cfg = c["call"]["config"]
+            L.append(f"- Cycle model calibrated on the RTL-measured matcher call "
+                     f"({cfg['F']}x{cfg['H']}x{cfg['W']} tokens, D {cfg['D']}, P {cfg['P']}, "
+                     f"L {cfg['L']}, R {cfg['R']}, quota {cfg['quota']}, r {cfg['r']}): "
+                     + ", ".join(f"{k} {v['model']:,} vs RTL {v['rtl']:,}"
+                                 for k, v in c["phases"].items())
+                     + f" (largest error {100 * c['max_abs_error']:.2f}%).")
     errs = [n for n, r in rep["blocks"].items() if "error" in r or r.get("errors")]
     if errs:
         L.append(f"- Errors in: {', '.join(errs)} (see the tables and logs/).")
@@ -860,19 +1136,17 @@ def chart(rep: dict, path: Path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    # Each block's own share of the unit: its figures (its glue for a block holding others)
+    # times its instances in the unit, so the bars add up to the unit.
     names, logic, sram = [], [], []
+    inst = rep.get("instances") or {}
     for n, r in rep["blocks"].items():
-        if n == "top" or "transistors_logic" not in r:
+        own = r.get("glue") or r
+        if "transistors_logic" not in own or not inst.get(n):
             continue
-        names.append(n)
-        logic.append(r["transistors_logic"])
-        sram.append(r.get("transistors_sram", 0))
-    if "top" in rep["blocks"] and "transistors_logic" in rep["blocks"]["top"]:
-        top = rep["blocks"]["top"]
-        glue = top["transistors_logic"] - sum(logic)
-        names.append("top glue")
-        logic.append(max(0, glue))
-        sram.append(max(0, top.get("transistors_sram", 0) - sum(sram)))
+        names.append(f"{n} glue" if r.get("glue") else n)
+        logic.append(own["transistors_logic"] * inst[n])
+        sram.append(own.get("transistors_sram", 0) * inst[n])
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
     y = range(len(names))
     a1.barh(list(y), logic, label="logic")
@@ -906,6 +1180,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-cache", action="store_true")
     ap.add_argument("--pnr", action="store_true", help="place and route on every FPGA target")
     ap.add_argument("--no-pnr", action="store_true")
+    ap.add_argument("--pnr-blocks", default=",".join(DEFAULT_PNR_BLOCKS),
+                    help="comma-separated blocks to place and route, or 'all' (default: "
+                         "%(default)s; the top is placed and routed as its whole hierarchy)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     try:
@@ -918,8 +1195,10 @@ def main(argv=None) -> int:
         else:
             targets = None
         pnr = True if args.pnr else (False if args.no_pnr else None)
+        pnr_blocks = None if args.pnr_blocks == "all" else [
+            b for b in args.pnr_blocks.split(",") if b]
         run(args.preset, targets, out_dir=args.out, blocks=args.block, jobs=args.jobs,
-            timeout=args.timeout, use_cache=not args.no_cache, pnr=pnr)
+            timeout=args.timeout, use_cache=not args.no_cache, pnr=pnr, pnr_blocks=pnr_blocks)
     except ParamError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
