@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -82,9 +83,28 @@ def _skip_zero_meminit():
         emitter.emit_memory = original
 
 
+@contextlib.contextmanager
+def _builtin_yosys():
+    """Convert with Amaranth's pinned built-in Yosys, never a system one.
+
+    The Makefile exports ``YOSYS`` (the YoWASP build) for synthesis; Amaranth would then use it
+    for conversion too, and its Verilog differs in its header (version and the toolchain's
+    build path). The built-in one makes the text the same on every machine.
+    """
+    old = os.environ.get("AMARANTH_USE_YOSYS")
+    os.environ["AMARANTH_USE_YOSYS"] = "builtin"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["AMARANTH_USE_YOSYS"]
+        else:
+            os.environ["AMARANTH_USE_YOSYS"] = old
+
+
 def to_verilog(component: wiring.Component, name: str) -> str:
     """Deterministic Verilog of ``component`` (no source locations, no machine paths)."""
-    with _skip_zero_meminit():
+    with _skip_zero_meminit(), _builtin_yosys():
         return verilog.convert(component, name=name, emit_src=False)
 
 
