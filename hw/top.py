@@ -224,27 +224,20 @@ class TokenReductionUnit(wiring.Component):
                 with m.Elif(~running & ~self.match_start):
                     m.d.sync += call_error.eq(CallError.NO_MAP)
                     m.next = "IDLE"
-            with m.State("MERGE_START"):
-                # The merger may still be clearing its memories after a reset.
-                m.d.comb += self.call_busy.eq(1)
-                with m.If(~mg.busy):
-                    m.d.comb += [mg.start.eq(1), mb.rd_start.eq(1)]
-                    m.d.sync += route.eq(0)
-                    m.next = "MERGE"
-            with m.State("MERGE"):
-                m.d.comb += self.call_busy.eq(1)
-                with m.If(mg.done):
-                    m.next = "UNMERGE_START"
-            with m.State("UNMERGE_START"):
-                m.d.comb += self.call_busy.eq(1)
-                with m.If(~um.busy):
-                    m.d.comb += [um.start.eq(1), mb.rd_start.eq(1)]
-                    m.d.sync += route.eq(1)
-                    m.next = "UNMERGE"
-            with m.State("UNMERGE"):
-                m.d.comb += self.call_busy.eq(1)
-                with m.If(um.done):
-                    m.next = "IDLE"
+            # A pass: start the block (once it is idle: the merger clears its memories after
+            # a reset), stream the front map to it, wait for its done, go on.
+            passes = [("MERGE", mg, 0, "UNMERGE_START"), ("UNMERGE", um, 1, "IDLE")]
+            for state, block, route_idx, after in passes:
+                with m.State(f"{state}_START"):
+                    m.d.comb += self.call_busy.eq(1)
+                    with m.If(~block.busy):
+                        m.d.comb += [block.start.eq(1), mb.rd_start.eq(1)]
+                        m.d.sync += route.eq(route_idx)
+                        m.next = state
+                with m.State(state):
+                    m.d.comb += self.call_busy.eq(1)
+                    with m.If(block.done):
+                        m.next = after
             with m.State("MAP_OUT"):
                 m.d.comb += self.map_busy.eq(1)
                 with m.If(~mb.rd_busy):
