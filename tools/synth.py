@@ -68,15 +68,19 @@ DEVICES = {
 }
 
 # Reference compute array per preset (see docs/synth.md for the reasoning).
+# ``kind`` is the PE of hw.refarray: "int8" (int8 x int8, 32-bit accumulator) or "bf16"
+# (bf16 x bf16, fp32 accumulator, the number format video DiTs run inference in). The report
+# also states the share against the other kind at the same size.
 REFERENCE = {
-    "ice40-small": dict(rows=8, cols=8, a_bits=8, b_bits=8, acc_bits=32,
+    "ice40-small": dict(rows=8, cols=8, kind="int8",
                         why="a small int8 array of the class an UP5K host could carry"),
-    "ecp5-default": dict(rows=32, cols=32, a_bits=8, b_bits=8, acc_bits=32,
+    "ecp5-default": dict(rows=32, cols=32, kind="int8",
                          why="32 x 32 int8 MACs, 32-bit accumulators (1024 MAC/cycle)"),
-    "cogvideox-2b": dict(rows=128, cols=128, a_bits=8, b_bits=8, acc_bits=32,
-                         why="128 x 128 int8 MACs (16384 MAC/cycle, 32.8 TOPS at 1 GHz), "
-                             "well below an A100-class accelerator, so the share is not "
-                             "flattered"),
+    "cogvideox-2b": dict(rows=128, cols=128, kind="bf16",
+                         why="128 x 128 bf16 MACs with fp32 accumulators (16384 MAC/cycle, "
+                             "32.8 TFLOPS at 1 GHz): CogVideoX runs inference in bf16; an "
+                             "A100-class accelerator has about 10x that throughput, so the "
+                             "share is not flattered"),
 }
 SENSITIVITY_SIZES = (32, 64, 128, 256)
 # Placed and routed by default: the unit (whole hierarchy) and the two blocks whose timing the
@@ -314,6 +318,9 @@ class Ctx:
     use_cache: bool = True
     running: dict = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Every tool run of this flow: label, wall seconds, exit status (for the report's
+    # "where the time went" table).
+    runs: list = field(default_factory=list)
 
 
 def _cached(ctx: Ctx, key_parts: list, fn):
@@ -332,14 +339,18 @@ def _cached(ctx: Ctx, key_parts: list, fn):
 
 def _run_tool(ctx: Ctx, label: str, argv: list, cwd: Path, logname: str):
     with ctx.lock:
-        ctx.running[label] = time.perf_counter()
+        ctx.running[label] = t0 = time.perf_counter()
+    status = "timeout"
     try:
         p = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=ctx.timeout)
+        status = "ok" if p.returncode == 0 else f"exit {p.returncode}"
     except subprocess.TimeoutExpired:
         raise ToolError(f"timeout after {ctx.timeout:.0f} s") from None
     finally:
         with ctx.lock:
             ctx.running.pop(label, None)
+            ctx.runs.append(dict(label=label, tool=Path(argv[0]).name,
+                                 seconds=round(time.perf_counter() - t0, 1), status=status))
     (ctx.logs / logname).write_text(p.stdout + "\n--- stderr ---\n" + p.stderr)
     if p.returncode:
         err = [ln for ln in (p.stdout + p.stderr).splitlines() if "ERROR" in ln.upper()]
@@ -530,8 +541,13 @@ def run_fpga(ctx: Ctx, label: str, verilog: str, top: str, target: str, pnr: boo
         res["synth_seconds"] = round(time.perf_counter() - t0, 1)
         if pnr:
             (wd / "harness.v").write_text(harness)
+            # A whole hierarchy keeps its module boundaries (-noflatten): ABC then maps one
+            # module at a time. Flattened, the ECP5 top is one 48k-gate ABC9 problem that the
+            # YoWASP build traps on after a minute, and whose '-dff' retry ran over ten
+            # minutes; per module it maps in about two. nextpnr flattens the netlist itself.
+            nf = "" if resources else " -noflatten"
             pscript = (f"read_verilog -sv design.v harness.v\n"
-                       f"{FPGA_SYNTH[target].format(top='orbis_harness')}\n"
+                       f"{FPGA_SYNTH[target].format(top='orbis_harness')}{nf}\n"
                        f"tee -q -o stat_h.json stat -json\n")
             (wd / "pnr.ys").write_text(pscript)
             t1 = time.perf_counter()
@@ -546,7 +562,8 @@ def run_fpga(ctx: Ctx, label: str, verilog: str, top: str, target: str, pnr: boo
                 # The harness's shift chain (inputs + 1) and capture chain (outputs).
                 r["FF"] -= sum(w for d, n, w in ports if n != "clk") + 1
                 res.update(resources=r, cell_types=stat, resources_basis="harness netlist "
-                           "less harness flip-flops (flattened, whole hierarchy)")
+                           "less harness flip-flops (whole hierarchy, module boundaries "
+                           "kept)")
             t1 = time.perf_counter()
             argv = [tool(f"nextpnr-{target}"), *dev["args"], "--json", "netlist.json",
                     "--freq", str(dev["freq"]), "--seed", str(seed), "--report",
@@ -627,16 +644,29 @@ def elaborate_blocks(params, names, full_for=()) -> list:
     return units
 
 
-def reference_units(cfg: dict) -> list:
+def reference_kind(cfg: dict) -> str:
+    return cfg.get("kind", "int8")
+
+
+def other_reference(cfg: dict) -> dict:
+    """The same array size with the other PE kind (int8 <-> bf16), for comparison."""
+    kind = "bf16" if reference_kind(cfg) == "int8" else "int8"
+    return dict(rows=cfg["rows"], cols=cfg["cols"], kind=kind,
+                why="the same size with the other PE kind, for comparison")
+
+
+def reference_units(cfg: dict, prefix: str = "ref") -> list:
+    """One unit per repeated part of the array (PE, skew stage), with its count."""
     from hw.gen import to_verilog
     from hw.refarray import ReferenceArray
-    arr = ReferenceArray(**{k: cfg[k] for k in ("rows", "cols", "a_bits", "b_bits",
-                                                "acc_bits")})
+    kw = {k: cfg[k] for k in ("rows", "cols", "kind", "a_bits", "b_bits", "acc_bits")
+          if k in cfg}
+    arr = ReferenceArray(**kw)
     arr._MustUse__silence = True    # only its unit counts are used; the PEs are synthesised
     units = []
     for name, (factory, count) in arr.unit_counts().items():
-        top = f"ref_{name}"
-        units.append(Unit(name=f"ref.{name}", kind="ref", top=top, count=count,
+        top = f"{prefix}_{name}_{reference_kind(cfg)}"
+        units.append(Unit(name=f"{prefix}.{name}", kind=prefix, top=top, count=count,
                           verilog=to_verilog(factory(), name=top)))
     return units
 
@@ -708,7 +738,7 @@ def run(preset_name: str, targets=None, out_dir=None, params=None, blocks=None,
     full_for = (pnr_set if pnr_blocks is not None else {"top"}) \
         if any(pnr_on(t) for t in targets) else set()
     units = elaborate_blocks(params, names, full_for=full_for)
-    units += reference_units(ref_cfg)
+    units += reference_units(ref_cfg) + reference_units(other_reference(ref_cfg), "alt")
 
     # Jobs: (unit, target). Big blocks first so the pool stays busy.
     order = sorted(units, key=lambda u: -len(u.verilog))
@@ -750,7 +780,7 @@ def run(preset_name: str, targets=None, out_dir=None, params=None, blocks=None,
             futs = [pool.submit(job, u, t, True) for u in order for t in targets
                     if u.full_verilog and not u.error and pnr_on(t)]
             futs += [pool.submit(job, u, t) for u in order if not u.error for t in targets
-                     if not (u.kind == "ref" and t != "generic")]
+                     if not (u.kind != "block" and t != "generic")]
             for f in cf.as_completed(futs):
                 name, target, r = f.result()
                 results[name][target] = r
@@ -759,6 +789,7 @@ def run(preset_name: str, targets=None, out_dir=None, params=None, blocks=None,
 
     report = assemble(preset_name, params, targets, units, results, ref_cfg)
     report["flow_seconds"] = round(time.perf_counter() - t_start, 1)
+    report["tool_runs"] = sorted(ctx.runs, key=lambda r: -r["seconds"])
     write_outputs(report, out_dir)
     log(f"done in {report['flow_seconds']:.1f} s: {out_dir / 'report.md'}")
     return report
@@ -775,7 +806,7 @@ def _sum_rows(rows, key):
 
 
 def assemble(preset_name, params, targets, units, results, ref_cfg) -> dict:
-    blocks, ref = {}, {}
+    blocks, ref, alt = {}, {}, {}
     for u in units:
         res = results.get(u.name, {})
         row = dict(kind=u.kind, count=u.count, modules=u.info.get("modules"),
@@ -803,7 +834,7 @@ def assemble(preset_name, params, targets, units, results, ref_cfg) -> dict:
                 row[t]["critical_path"] = r["pnr"]["critical_path"]
                 row[t]["device"] = r["pnr"]["device"]
                 row[t]["constraint_mhz"] = r["pnr"]["constraint_mhz"]
-        (blocks if u.kind == "block" else ref)[u.name] = row
+        dict(block=blocks, ref=ref, alt=alt)[u.kind][u.name] = row
 
     # Composite blocks: own glue (children blackboxed) + children from their own rows.
     children = {u.name: dict(u.children) for u in units if u.kind == "block" and u.children}
@@ -854,7 +885,8 @@ def assemble(preset_name, params, targets, units, results, ref_cfg) -> dict:
             row[t]["critical_path"] = w["pnr"]["critical_path"]
             row[t]["device"] = w["pnr"]["device"]
             row[t]["constraint_mhz"] = w["pnr"]["constraint_mhz"]
-            row[t]["fmax_basis"] = "whole hierarchy, flattened, placed and routed"
+            row[t]["fmax_basis"] = ("whole hierarchy (mapped per module), placed and routed "
+                                    "flattened")
         return row
 
     for n in list(blocks):
@@ -919,6 +951,12 @@ def assemble(preset_name, params, targets, units, results, ref_cfg) -> dict:
                 sens[f"{s}x{s}"] = dict(array_logic_transistors=round(arr_t),
                                         logic_share=ul / (ul + arr_t))
         share["sensitivity"] = sens
+        alt_logic = _sum_rows(alt.values(), "transistors_logic")
+        if alt_logic:
+            ocfg = other_reference(ref_cfg)
+            share["other_kind"] = dict(kind=ocfg["kind"], array=f"{ocfg['rows']}x{ocfg['cols']}",
+                                       reference_logic_transistors=alt_logic,
+                                       logic_share=ul / (ul + alt_logic))
 
     fmax = {}
     for t in ("ice40", "ecp5"):
@@ -1039,7 +1077,7 @@ def render_md(rep: dict) -> str:
                      f"{_fmt(g.get('mem_bits'))} SRAM bits) + " + " + ".join(
                          f"{c}" + (f" x {k}" if k > 1 else "") for c, k in r["children"].items()))
     if rep.get("consistency"):
-        L += ["", "Top, hierarchical sum vs the whole hierarchy flattened and mapped (the netlist "
+        L += ["", "Top, hierarchical sum vs the whole hierarchy mapped in one run (the netlist "
               "that is placed and routed): " + "; ".join(
                   f"{t}: " + ", ".join(f"{k} {v['hierarchical']:,} vs {v['whole']:,}"
                                        for k, v in c.items())
@@ -1080,9 +1118,10 @@ def render_md(rep: dict) -> str:
                  f"{f['goal_mhz']} MHz, constraint {f['goal_mhz']} MHz).")
     s = rep.get("area_share")
     cfg = rep["reference"]["config"]
-    L.append(f"- Reference array: {cfg['rows']} x {cfg['cols']} int{cfg['a_bits']} MACs, "
-             f"{cfg['acc_bits']}-bit accumulators, output stationary, with input skew "
-             f"registers; no SRAM counted ({cfg.get('why', '')}).")
+    pe = ("bf16 x bf16 MACs with fp32 accumulators" if reference_kind(cfg) == "bf16" else
+          f"int{cfg.get('a_bits', 8)} MACs with {cfg.get('acc_bits', 32)}-bit accumulators")
+    L.append(f"- Reference array: {cfg['rows']} x {cfg['cols']} {pe}, output stationary, with "
+             f"input skew registers; no SRAM counted ({cfg.get('why', '')}).")
     if s:
         L.append(f"- **Area share (logic)**: {100 * s['logic_share']:.2f}% "
                  f"({s['unit_logic_transistors']:,} of "
@@ -1092,9 +1131,15 @@ def render_md(rep: dict) -> str:
                  f"{rep['sram_transistors_per_bit']}T/bit against the array's logic only: "
                  f"{100 * s['share_with_unit_sram_vs_array_logic']:.2f}% (an upper bound: the "
                  f"host's own SRAM is not counted).")
+        if s.get("other_kind"):
+            o = s["other_kind"]
+            L.append(f"- Against a {o['array']} {o['kind']} array instead "
+                     f"({o['reference_logic_transistors']:,} logic transistors): "
+                     f"{100 * o['logic_share']:.2f}%.")
         if s.get("sensitivity"):
-            L.append("- Logic share against other square arrays: " + ", ".join(
-                f"{k}: {100 * v['logic_share']:.2f}%" for k, v in s["sensitivity"].items()))
+            L.append(f"- Logic share against other square {reference_kind(cfg)} arrays: "
+                     + ", ".join(f"{k}: {100 * v['logic_share']:.2f}%"
+                                 for k, v in s["sensitivity"].items()))
     else:
         L.append("- Area share: not available (no block synthesised).")
     h = rep.get("hiding")
@@ -1128,6 +1173,17 @@ def render_md(rep: dict) -> str:
     errs = [n for n, r in rep["blocks"].items() if "error" in r or r.get("errors")]
     if errs:
         L.append(f"- Errors in: {', '.join(errs)} (see the tables and logs/).")
+    runs = rep.get("tool_runs") or []
+    if runs:
+        total = sum(r["seconds"] for r in runs)
+        L += ["", "## Where the time went", "",
+              f"{len(runs)} tool runs this time ({total:,.0f} s of tool time in "
+              f"{rep.get('flow_seconds')} s of wall time); results of earlier runs come from "
+              "the cache (`build/synth/cache`, keyed by the SHA-256 of Verilog, script and "
+              "tool version). Runs over 5 s:", "",
+              "| run | tool | seconds | status |", "|---|---|---:|---|"]
+        L += [f"| {r['label']} | {r['tool']} | {r['seconds']:,.1f} | {r['status']} |"
+              for r in runs if r["seconds"] > 5]
     L.append("")
     return "\n".join(L)
 
