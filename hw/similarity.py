@@ -190,10 +190,12 @@ class SimilarityEngine(wiring.Component):
     dst_load : In(stream.Signature(unsigned(idx_bits)))
         Append this token to the dst list; the engine copies its guide vector (one dst
         every ``D/L + 1`` cycles; the entry counts in ``n_dst`` ``D/L + 1`` cycles after
-        the transfer). Not ready while a src is in flight.
+        the transfer). Not ready while a src is in flight (ready is registered: it also
+        drops for a cycle after ``src.valid``).
     dst_base : In(unsigned(count_bits))
         Search only dst-list entries ``[dst_base, n_dst)``. Hold it stable while src are in
-        flight; after a change the engine waits 3 cycles before it starts the next src.
+        flight; a src starts 5 cycles after a change at the soonest (the value written in
+        the cycle of a src transfer applies to that src).
     src : In(stream.Signature(unsigned(idx_bits)))
         Src tokens to evaluate, any order.
     o : Out(stream.Signature(layouts.engine_result(params)))
@@ -243,7 +245,8 @@ class SimilarityEngine(wiring.Component):
         self._s_sum = self._s_a + 1 + sq_stages + -(-lv // tree_per_stage)  # diff, sq, tree
         self._s_acc = self._s_sum + 1
         self._s_min = self._s_acc + ceil_log2(params.P)       # argmin tree, one level/stage
-        self._stages = self._s_min + 1                         # + running min -> FIFO write
+        self._s_fold = self._s_min + (params.chunks >= 2)     # running min: compare, select
+        self._stages = self._s_fold + 1                        # + FIFO write register
         if fifo_depth is None:
             fifo_depth = self._stages + 4
         if isinstance(fifo_depth, bool) or not isinstance(fifo_depth, int) \
@@ -348,7 +351,11 @@ class SimilarityEngine(wiring.Component):
         wr_rowaddr = Signal(range(rows * C + 1))
         copying = Signal()
         copy_tok = Signal(unsigned(p.idx_bits))
-        copy_addr = Signal(range(p.N_max * C + 1))
+        # The one guide read address, of the dst copy while copying and of the src search
+        # while active (never both): a register straight into the read port, so that the
+        # read/write collision logic Yosys adds around an iCE40 block RAM starts at a
+        # flip-flop (a copy/search multiplexer in front of it was the UP5K critical path).
+        gaddr = Signal(range(p.N_max * C + 1))
         copy_chunk = Signal(range(C + 1))
         # A copied chunk travels with its guide read data: wb[s] is at stage s; it is written
         # into its bank at stage s_memr from the part registers through the part mux (one
@@ -363,12 +370,23 @@ class SimilarityEngine(wiring.Component):
         wb_count = wb[self._s_memr - 1]
 
         src_busy = Signal()                       # any src accepted whose result is not out
-        m.d.comb += self.dst_load.ready.eq(~copying & ~src_busy)
-        with m.If(self.dst_load.valid & self.dst_load.ready):
+        # dst_load.ready is a flip-flop: the next-state value of `~copying & ~src_busy`
+        # (src_busy's part conservatively: nothing in flight and no src offered, so none is
+        # taken). As a gate of src_busy's terms it fed dst_load's fire and the copy
+        # registers through six LUT levels on the UP5K.
+        load_blk = Signal()                       # ~dst_load.ready
+        copy_fire = Signal()
+        copying_n = Signal()
+        m.d.comb += [
+            self.dst_load.ready.eq(~load_blk),
+            copy_fire.eq(self.dst_load.valid & ~load_blk),
+            copying_n.eq(copy_fire | (copying & (copy_chunk != C - 1))),
+        ]
+        with m.If(copy_fire):
             m.d.sync += [
                 copying.eq(1),
                 copy_tok.eq(self.dst_load.payload),
-                copy_addr.eq(self.dst_load.payload * C),
+                gaddr.eq(self.dst_load.payload * C),
                 copy_chunk.eq(0),
             ]
         m.d.comb += [
@@ -382,7 +400,7 @@ class SimilarityEngine(wiring.Component):
         wbw = wb[-1]
         with m.If(copying):
             m.d.sync += [
-                copy_addr.eq(copy_addr + 1),
+                gaddr.eq(gaddr + 1),
                 copy_chunk.eq(copy_chunk + 1),
             ]
             with m.If(copy_chunk == C - 1):
@@ -391,9 +409,14 @@ class SimilarityEngine(wiring.Component):
         # registered at stage s_a for the lanes.
         g_mux = Signal(word)
         a_r = Signal(word, reset_less=True)
+        # Bank write address, registered one stage early (the adder in front of the block
+        # RAM's address and collision logic is off the path). wr_rowaddr only changes after
+        # an entry's last chunk, and the next entry's first chunk is at least a cycle behind.
+        b_waddr = Signal(range(rows * C + 1))
+        m.d.sync += b_waddr.eq(wr_rowaddr + wb[self._s_memr - 1].chunk)
         for j in range(P):
             m.d.comb += [
-                b_wr[j].addr.eq(wr_rowaddr + wbw.chunk),
+                b_wr[j].addr.eq(b_waddr),
                 b_wr[j].data.eq(g_mux),
                 b_wr[j].en.eq(wbw.valid & (wr_bank == j)),
                 t_wr[j].addr.eq(wr_row),
@@ -426,11 +449,29 @@ class SimilarityEngine(wiring.Component):
             base_ent.eq(base_row * P),
         ]
         m.d.comb += base_off.eq(base_r - base_ent)
-        with m.If(self.dst_base != base_r):
+        # `base_same`: dst_base unchanged in the previous cycle (registered compare, off the
+        # start path); base_stable counts consecutive such cycles (saturating at 3).
+        base_same = Signal()
+        m.d.sync += base_same.eq(self.dst_base == base_r)
+        with m.If(~base_same):
             m.d.sync += base_stable.eq(0)
         with m.Elif(base_stable != 3):
             m.d.sync += base_stable.eq(base_stable + 1)
-        base_ok = base_stable == 3
+        # A src may start at t when base_same(t) and go(t) (registered from base_same and
+        # base_stable >= 2 at t-1): dst_base then held over [t-5, t-1], so base_r, base_row,
+        # base_ent and rem0 below all derive from it. base_same(t) is in `start` itself so
+        # that a dst_base written in the cycle of a src transfer holds that src back.
+        base_ok_n = base_same & (base_stable >= 2)
+
+        # Entries from the first group's lane 0 to the end of the list, registered (the
+        # subtractor is off the start path). Valid at t when n_dst and base_ent held since
+        # t-1: go(t) checks both (quiet_n and base_ok_n at t-1).
+        rem0 = Signal(unsigned(cb + 1))
+        m.d.sync += rem0.eq(n_dst - base_ent)
+        # No dst copy may change n_dst or still be on its way to its bank: registered from
+        # the previous cycle's state, which also covers a copy or clear starting then.
+        quiet_n = ~copying & ~Cat(*(w.valid for w in wb[1:self._s_memr])).any() \
+            & ~copy_fire & ~self.dst_clear
 
         # --- src prefetch register and result-slot reservation -----------------------------
         nxt_valid = Signal()
@@ -441,24 +482,35 @@ class SimilarityEngine(wiring.Component):
         active = Signal()
         cur_tok = Signal(unsigned(p.idx_bits))
         cur_gbase = Signal(range(p.N_max * C + 1))
-        gaddr = Signal(range(p.N_max * C + 1))
         baddr = Signal(range(rows * C + 1))
         row = Signal(range(rows + 1))
-        chunk = Signal(range(max(2, C)))
         first_grp = Signal()
 
-        # Entries from lane 0 of the current group to the end of the list, kept as a
-        # down-counter so the last-group test is a constant compare (timing: it feeds
-        # src.ready and the whole generator).
-        rem = Signal(unsigned(cb + 1))
-        last_chunk = chunk == C - 1
-        last_grp = rem <= P
-        src_done = active & last_chunk & last_grp
+        # The issue control is pipelined so that `start` is a few LUT inputs, all flip-flops
+        # (it drives src.ready and every register of the address generator; the compare ->
+        # start -> ready chain limited the UP5K to 39 MHz and ECP5 to 105 MHz):
+        #   go          registered: dst_base stable, no dst copy, a FIFO slot is free
+        #   last_chunk  the sign bit of `cl`, a chunk down-counter from C-2 to -1
+        #   last_grp    the sign bit of `rem_u = rem - P - 1`, where rem counts the entries
+        #               from lane 0 of the current group to the end of the list
+        # so the last-chunk and last-group tests are no compares at all.
+        cl = Signal(signed(max(2, ceil_log2(max(2, C)) + 1)))
+        rem_u = Signal(signed(cb + 3))
+        last_chunk = Signal()
+        last_grp = Signal()
+        go = Signal()
+        src_done = Signal()
         start = Signal()
-        # A src starts only with a reserved FIFO slot and after the dst copy has finished.
-        m.d.comb += start.eq(nxt_valid & (~active | src_done) & base_ok & ~copying
-                             & ~Cat(*(w.valid for w in wb[:self._s_memr])).any()
-                             & (reserved < self._fifo_depth))
+        m.d.comb += [
+            last_chunk.eq(cl[-1]),
+            last_grp.eq(rem_u[-1]),
+            src_done.eq(active & last_chunk & last_grp),
+            start.eq(nxt_valid & (~active | src_done) & go & base_same),
+        ]
+        # go is registered from the previous cycle's state. Its slot check assumes a start
+        # in that cycle and ignores a result leaving (one slot conservative; the default
+        # FIFO depth has room for it).
+        m.d.sync += go.eq(base_ok_n & quiet_n & (reserved < self._fifo_depth - 1))
         take = Signal()
         m.d.comb += [
             self.src.ready.eq(~nxt_valid | start),
@@ -473,19 +525,19 @@ class SimilarityEngine(wiring.Component):
         # --- address generator (issue stage 0) --------------------------------------------
         with m.If(active):
             with m.If(last_chunk):
-                m.d.sync += [chunk.eq(0), gaddr.eq(cur_gbase)]
+                m.d.sync += [cl.eq(C - 2), gaddr.eq(cur_gbase)]
                 with m.If(~last_grp):
-                    m.d.sync += [rem.eq(rem - P), row.eq(row + 1), first_grp.eq(0),
+                    m.d.sync += [rem_u.eq(rem_u - P), row.eq(row + 1), first_grp.eq(0),
                                  baddr.eq(baddr + 1)]
             with m.Else():
-                m.d.sync += [chunk.eq(chunk + 1), gaddr.eq(gaddr + 1), baddr.eq(baddr + 1)]
+                m.d.sync += [cl.eq(cl - 1), gaddr.eq(gaddr + 1), baddr.eq(baddr + 1)]
         with m.If(src_done):
             m.d.sync += active.eq(0)
         with m.If(start):
             m.d.sync += [
                 active.eq(1), cur_tok.eq(nxt_tok), cur_gbase.eq(nxt_gaddr),
                 gaddr.eq(nxt_gaddr), baddr.eq(base_addr), row.eq(base_row),
-                rem.eq(n_dst - base_ent), chunk.eq(0), first_grp.eq(1),
+                rem_u.eq(rem0 - (P + 1)), cl.eq(C - 2), first_grp.eq(1),
             ]
 
         # Sideband travelling with the data; the pipeline never stalls.
@@ -499,20 +551,19 @@ class SimilarityEngine(wiring.Component):
             sb[0].valid.eq(active),
             sb[0].src.eq(cur_tok),
             sb[0].row.eq(row),
-            sb[0].first_chunk.eq(chunk == 0),
+            sb[0].first_chunk.eq(cl == C - 2),
             sb[0].last_chunk.eq(last_chunk),
             sb[0].first_grp.eq(first_grp),
             sb[0].last_grp.eq(last_grp),
             sb[0].lo.eq(Mux(first_grp, base_off, 0)),
-            sb[0].hi.eq(Mux(last_grp, rem, P)),
+            sb[0].hi.eq(Mux(last_grp, rem_u + (P + 1), P)),
         ]
         for s in range(1, self._stages + 1):
             sb.append(Signal(sb_layout, name=f"sb{s}"))
             m.d.sync += sb[s].eq(sb[s - 1])
 
         # Shared guide read port: dst copy while loading, src chunks while searching.
-        g_raddr = Signal(range(depth + 1))
-        m.d.comb += g_raddr.eq(Mux(copying, copy_addr, gaddr))
+        g_raddr = gaddr
         part = [Signal(range(max(2, K)), name=f"gpart{s}", reset_less=True) for s in (1, 2)]
         m.d.sync += [part[0].eq(g_raddr >> pbits), part[1].eq(part[0])]
         g_part_r = []
@@ -584,18 +635,31 @@ class SimilarityEngine(wiring.Component):
         grp_best = level[0]
         sbm = sb[self._s_min]
 
-        # Running minimum over groups and the FIFO write.
+        # Running minimum over groups and the FIFO write. With C >= 2 a group's winner
+        # arrives at most every other cycle, so the fold takes two: the compare against the
+        # running minimum is registered (`take_new`, stage s_min) and the selection is made a
+        # cycle later (stage s_fold), before the next group's compare reads `best`. The
+        # one-cycle loop (compare carry chain -> mux -> best) limited the UP5K to 45 MHz.
+        # With C = 1 (a group every cycle) the fold stays a one-cycle loop.
         best = Signal(cand_layout)
         fold = Signal(cand_layout)
-        m.d.comb += fold.eq(Mux(sbm.first_grp | better(grp_best, best), grp_best, best))
+        if self._s_fold > self._s_min:
+            new = Signal(cand_layout, name="grp_best_r")
+            take_new = Signal()
+            m.d.sync += [new.eq(grp_best),
+                         take_new.eq(sbm.first_grp | better(grp_best, best))]
+            m.d.comb += fold.eq(Mux(take_new, new, best))
+        else:
+            m.d.comb += fold.eq(Mux(sbm.first_grp | better(grp_best, best), grp_best, best))
+        sbf = sb[self._s_fold]
         res_layout = layouts.engine_result(p)
         res = Signal(res_layout)
         res_valid = Signal()
         m.d.sync += res_valid.eq(0)
-        with m.If(sbm.valid & sbm.last_chunk):
+        with m.If(sbf.valid & sbf.last_chunk):
             m.d.sync += best.eq(fold)
-            with m.If(sbm.last_grp):
-                m.d.sync += [res_valid.eq(1), res.src.eq(sbm.src), res.dst.eq(fold.tok),
+            with m.If(sbf.last_grp):
+                m.d.sync += [res_valid.eq(1), res.src.eq(sbf.src), res.dst.eq(fold.tok),
                              res.dist.eq(fold.dist)]
 
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=res_layout.size,
@@ -617,6 +681,8 @@ class SimilarityEngine(wiring.Component):
             src_busy.eq(nxt_valid | active | (reserved != 0)),
             self.idle.eq(~src_busy & ~copying & ~wb_busy),
         ]
+        m.d.sync += load_blk.eq(copying_n | nxt_valid | active | (reserved != 0)
+                                | self.src.valid)
         with m.If(src_busy):
             m.d.sync += self.busy_cycles.eq(self.busy_cycles + 1)
         with m.If(active):
