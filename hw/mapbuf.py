@@ -1,4 +1,8 @@
-"""Double-buffered map table: the matcher fills one bank while the other streams out."""
+"""Double-buffered map table: the matcher fills one bank while the other streams out.
+
+Also home of :class:`SkidBuffer`, the registered stream stage the map and merge/unmerge
+datapaths put behind their block-RAM read ports.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,58 @@ from amaranth.lib.wiring import In, Out
 from .layouts import map_entry
 from .params import OrbisParams
 
-__all__ = ["MapBuffer"]
+__all__ = ["MapBuffer", "SkidBuffer"]
+
+
+class SkidBuffer(wiring.Component):
+    """A two-entry stream register whose ``i.ready`` and ``o`` come straight from flip-flops.
+
+    ``o.valid`` and ``o.payload`` are the output register; a second (skid) register catches
+    the beat that arrives in the cycle the consumer stalls, because ``i.ready`` is the skid
+    register being empty, a registered signal, not ``o.ready``. So neither the producer's
+    data (e.g. a block-RAM read port plus its row multiplexer) nor the consumer's ready
+    reaches the other side in the same cycle, and the line rate stays one beat per cycle
+    under any backpressure pattern. Latency one cycle (``i`` transfer to ``o.valid``).
+
+    Parameters
+    ----------
+    shape : shape-like
+        Payload shape.
+
+    Members
+    -------
+    i : In(stream.Signature(shape))
+    o : Out(stream.Signature(shape))
+    busy : Out(1)
+        A beat is held (output or skid register).
+    """
+
+    def __init__(self, shape):
+        super().__init__({
+            "i": In(stream.Signature(shape)),
+            "o": Out(stream.Signature(shape)),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        s_valid = Signal()
+        s_data = Signal.like(self.i.payload)
+        o_free = Signal()
+        m.d.comb += [
+            self.i.ready.eq(~s_valid),
+            o_free.eq(~self.o.valid | self.o.ready),
+            self.busy.eq(self.o.valid | s_valid),
+        ]
+        with m.If(o_free):
+            # i.ready is low while the skid register is full, so no input moves then.
+            with m.If(s_valid):
+                m.d.sync += [self.o.valid.eq(1), self.o.payload.eq(s_data), s_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [self.o.valid.eq(self.i.valid), self.o.payload.eq(self.i.payload)]
+        with m.Elif(self.i.valid & ~s_valid):
+            m.d.sync += [s_valid.eq(1), s_data.eq(self.i.payload)]
+        return m
 
 
 class MapBuffer(wiring.Component):
@@ -19,6 +74,13 @@ class MapBuffer(wiring.Component):
     The *back* bank is written in token order from ``w`` (the matcher's map stream); the *front*
     bank is read in token order to ``r`` (for the merger, the unmerger or the host). ``swap``
     exchanges them, so matching for the next call overlaps the current call's streams.
+
+    Read pipeline (timing): ``rd_start`` (cycle 0) -> read address issued (1) -> read-port
+    data (2) -> per-bank capture registers (3) -> :class:`SkidBuffer` output register =
+    ``r`` valid (4). ``r.ready`` only loads the skid buffer; the earlier stages advance on
+    the skid register being empty, so the bank read data goes straight into flip-flops, the
+    bank multiplexer sits between two registers, and the stream keeps one entry per cycle
+    under any backpressure.
 
     Parameters
     ----------
@@ -40,8 +102,11 @@ class MapBuffer(wiring.Component):
     rd_count : In(count_bits)
         Number of entries a read pass streams (sampled at ``rd_start``).
     r : Out(stream(map_entry))
+        One entry per cycle while ``r.ready`` is high. ``r.valid`` and ``r.payload`` are
+        registers; ``r.ready`` only enables registers (see the read pipeline below).
     rd_busy : Out(1)
-        A read pass is in progress (entries left to issue or an entry waiting on ``r``).
+        A read pass is in progress (entries left to issue, in the pipeline or waiting on
+        ``r``).
     front : Out(1)
         Index of the front bank.
     """
@@ -97,26 +162,45 @@ class MapBuffer(wiring.Component):
         with m.If(self.w_start):
             m.d.sync += waddr.eq(0)
 
-        # Read side: a synchronous read port feeding a stream. The port's enable is low while
-        # the output holds an untaken entry, so its data (the payload) holds too.
+        # Read side, four registered stages: issue (raddr), the read ports (their data holds
+        # while the enable is low), one capture register per bank (read data straight into
+        # flip-flops: the ECP5 block RAM's clock-to-output alone is about 6 ns), then the
+        # skid buffer that drives `r`. The bank is chosen between the capture registers and
+        # the skid buffer, by `front`, which is constant during a pass (a swap waits for
+        # `rd_busy` to fall). No path runs from a read port to `r` or from `r.ready` to a
+        # read port.
+        m.submodules.out = out = SkidBuffer(layout)
         raddr = Signal(p.count_bits)
         left = Signal(p.count_bits)
-        r_valid = Signal()
+        more = Signal()                     # left != 0, as a register
+        v_rd = Signal()                     # the read ports hold an entry
+        v_cap = Signal()                    # the capture registers hold an entry for `out`
+        caps = [Signal(layout, name=f"cap{i}") for i in range(2)]
+        adv_cap = Signal()
+        adv = Signal()
         issue = Signal()
-        m.d.comb += issue.eq((left != 0) & (~r_valid | self.r.ready))
-        for i, (_, rp) in enumerate(banks):
-            m.d.comb += [rp.addr.eq(raddr), rp.en.eq(issue & (front == i))]
         m.d.comb += [
-            self.r.valid.eq(r_valid),
-            self.r.payload.eq(banks[0][1].data),
-            self.rd_busy.eq((left != 0) | r_valid),
+            adv_cap.eq(~v_cap | out.i.ready),
+            adv.eq(~v_rd | adv_cap),
+            issue.eq(more & adv),
+        ]
+        for i, (_, rp) in enumerate(banks):
+            m.d.comb += [rp.addr.eq(raddr), rp.en.eq(adv & (front == i))]
+        with m.If(adv_cap):
+            m.d.sync += v_cap.eq(v_rd)
+            m.d.sync += [caps[i].eq(rp.data) for i, (_, rp) in enumerate(banks)]
+        m.d.comb += [
+            out.i.valid.eq(v_cap),
+            out.i.payload.eq(caps[0]),
+            self.rd_busy.eq(more | v_rd | v_cap | out.busy),
         ]
         with m.If(front == 1):
-            m.d.comb += self.r.payload.eq(banks[1][1].data)
+            m.d.comb += out.i.payload.eq(caps[1])
+        wiring.connect(m, out.o, wiring.flipped(self.r))
+        with m.If(adv):
+            m.d.sync += v_rd.eq(issue)
         with m.If(issue):
-            m.d.sync += [raddr.eq(raddr + 1), left.eq(left - 1), r_valid.eq(1)]
-        with m.Elif(self.r.ready):
-            m.d.sync += r_valid.eq(0)
+            m.d.sync += [raddr.eq(raddr + 1), left.eq(left - 1), more.eq(left != 1)]
         with m.If(self.rd_start & ~self.rd_busy):
-            m.d.sync += [raddr.eq(0), left.eq(self.rd_count)]
+            m.d.sync += [raddr.eq(0), left.eq(self.rd_count), more.eq(self.rd_count != 0)]
         return m

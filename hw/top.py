@@ -79,7 +79,9 @@ class TokenReductionUnit(wiring.Component):
         Largest ``|g|`` the matcher saw in its last call (for the next call's shift).
     cyc_match, cyc_call, cyc_overlap : Out(32)
         Since reset or ``cnt_clear``: cycles the matcher was busy, cycles a call was running,
-        and cycles the matcher was busy while a merge/unmerge stream transferred.
+        and cycles the matcher was busy while a merge/unmerge stream transferred. A cycle is
+        counted one cycle after it (the conditions are registered), so read the counters
+        at least one cycle after the busy flag of interest fell.
     cnt_clear : In(1)
     matcher : TokenMatcher
         The matcher submodule, whose per-phase counters are reachable for simulation.
@@ -167,10 +169,9 @@ class TokenReductionUnit(wiring.Component):
         # ---- calls: merge then unmerge from the front bank --------------------------------
         front_n = Signal(cb)
         front_r = Signal(cb)
+        n_kept = Signal(cb)           # front_n - front_r, registered with them (timing)
         have_map = Signal()
         m.d.comb += [self.n_tokens.eq(front_n), self.r.eq(front_r)]
-        n_kept = Signal(cb)
-        m.d.comb += n_kept.eq(front_n - front_r)
 
         # Map reader routing: 0 merger, 1 unmerger, 2 host.
         route = Signal(2)
@@ -219,7 +220,8 @@ class TokenReductionUnit(wiring.Component):
                 with m.If(fresh & ~running):
                     m.d.comb += mb.swap.eq(1)
                     m.d.sync += [fresh.eq(0), have_map.eq(1),
-                                 front_n.eq(back_n), front_r.eq(back_r)]
+                                 front_n.eq(back_n), front_r.eq(back_r),
+                                 n_kept.eq(back_n - back_r)]
                     m.next = "MERGE_START"
                 with m.Elif(~running & ~self.match_start):
                     m.d.sync += call_error.eq(CallError.NO_MAP)
@@ -244,6 +246,9 @@ class TokenReductionUnit(wiring.Component):
                     m.next = "IDLE"
 
         # ---- counters -----------------------------------------------------------------------
+        # The conditions are registered first, so the stream handshakes (ready comes from
+        # outside through the merger) and the matcher's busy do not reach the 32-bit
+        # incrementers in the same cycle: a counter counts a cycle one cycle later.
         xfer = ((self.x.valid & self.x.ready) | (self.reduced.valid & self.reduced.ready) |
                 (self.y.valid & self.y.ready) | (self.restored.valid & self.restored.ready))
         counters = [
@@ -252,8 +257,10 @@ class TokenReductionUnit(wiring.Component):
             (self.cyc_overlap, self.match_busy & xfer),
         ]
         for cnt, cond in counters:
+            cond_r = Signal(name=f"{cnt.name}_inc")
+            m.d.sync += cond_r.eq(cond)
             with m.If(self.cnt_clear):
                 m.d.sync += cnt.eq(0)
-            with m.Elif(cond):
+            with m.Elif(cond_r):
                 m.d.sync += cnt.eq(cnt + 1)
         return m
