@@ -41,6 +41,36 @@ Bad runtime config is detected at ``start`` (and ``r`` after init, when the wind
 known): ``error`` rises with an ``error_code``, the call ends without streaming a map, and a
 config error found at ``start`` consumes no guide beats (an ``r`` error consumes them: the
 window count is only known after the guide is loaded).
+
+Pipelines (timing). Every table pass (kind-table clear, engine feed, binning, promotion,
+selection, map) runs through one **token scanner**: a free-running issue stage reads token
+``n`` of the kind and best tables, :data:`SCAN_STAGES` stages that never stall register the
+read data and compute the histogram code and the pass's decision, and the result enters a
+small output queue whose read side is the pass's consumer (engine ``src``, histogram input,
+engine ``dst_load``, ``map``). A token is issued only while a credit is free (tokens in
+flight plus queued stay below :data:`SCAN_QUEUE`), so no ready signal feeds back into a
+memory address or enable and a scan still issues one token per cycle when its consumer
+keeps up. Each pass enqueues (or drops a token, returning its credit) at the first stage
+that has what it needs, and its tokens go no further. Stage table (cycle 0 = issue)::
+
+    0  I  scan_n -> kind/best read address (every read port reads every cycle)
+    1  A  read data out of the memories
+    2  B  read data registered; engine / binning passes: enqueue a src (index / distance);
+          target -> pos read address; v = dist >> c
+    3  C  pos data out; map pass: enqueue (kind, target, pos); e = bitlen(v)
+    4  D  code = hist_code_from(v, e)
+    5  E  code compared with t (registered: >, ==, <)
+    6  F  promotion / selection / kind-table clear: decision (promote, merge, keep; ``left``
+          = entries of bin ``t`` still to take is a one-cycle loop), table writes,
+          counters, enqueue a promoted dst or drop
+
+Src and promoted dst reach the engine through a two-entry skid buffer whose input ready is
+a register, so the engine's ready stops there. The engine's results are combined into the
+best table by a second pipeline (best-table read addressed by the result, old entry
+registered, combine, write and ``dmax``). The range
+shift ``c`` and the threshold count ``k`` are registered once per pass. A pass costs ``N``
+cycles plus the pipeline fill and drain when its consumer keeps up (selection ``N + 7``,
+map ``N + 6``).
 """
 
 from __future__ import annotations
@@ -49,12 +79,13 @@ import enum
 
 from amaranth.hdl import Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from . import layouts
 from .dstinit import DstInit, check_params
-from .histogram import Histogram, hist_code, hist_shift
+from .histogram import Histogram, bitlen, hist_code_from, hist_shift
 from .params import OrbisParams, ParamError, ceil_log2
 from .threshold import Threshold
 
@@ -62,6 +93,14 @@ __all__ = ["TokenMatcher", "matcher_config", "MatcherError"]
 
 # Internal kind encoding is the map's: a src that is not (yet) merged is KIND_KEPT.
 _DST, _SRC, _MERGED = layouts.KIND_DST, layouts.KIND_KEPT, layouts.KIND_MERGED
+
+
+#: Scanner pipeline stages from the issue of a token to its decision stage (F).
+SCAN_STAGES = 6
+#: Depth of the scanner's output queue and number of scan credits: a token holds its credit
+#: from issue until it leaves the queue (at best ``SCAN_STAGES + 3`` cycles), so this depth
+#: keeps one issue per cycle when the consumer keeps up.
+SCAN_QUEUE = SCAN_STAGES + 4
 
 
 class MatcherError(enum.IntEnum):
@@ -188,26 +227,23 @@ class TokenMatcher(wiring.Component):
         kind_w, kind_r = kind_mem.write_port(), kind_mem.read_port()
         best_w, best_r = best_mem.write_port(), best_mem.read_port()
         pos_w, pos_r = pos_mem.write_port(), pos_mem.read_port()
+        # Every read port reads every cycle: a read has no side effect, so no enable (and no
+        # stall signal) reaches the memories; the pipelines below track which data is valid.
+        m.d.comb += [kind_r.en.eq(1), best_r.en.eq(1), pos_r.en.eq(1)]
 
         cfg = Signal(matcher_config(p))
         N = Signal(cb)
-        # F*H saturated at N_max + 1 (a larger F*H is a grid error whatever W is), so both
-        # grid products fit one small multiplier, shared by CHECK1 and CHECK2.
-        FH = Signal(cb + 1)
-        mul_a = Signal(cb + 1)
-        mul_b = Signal(cb)
-        mul_p = Signal(2 * cb + 1)
-        m.d.comb += mul_p.eq(mul_a * mul_b)
         n_dst = Signal(cb)
+        n_src = Signal(cb)      # N - n_dst, kept as a counter (no subtractor in the paths)
         dst_base = Signal(cb)
         rnd = Signal(4)
         dmax = Signal(p.dist_bits)
         stay = Signal(cb)
         r_cnt = Signal(cb)
         kept = Signal(cb)
-        taken = Signal(cb)
         t = Signal(max(1, ceil_log2(p.NB)))
-        need = Signal(cb)
+        left = Signal(cb)       # entries of bin t still to take (need - taken)
+        left_nz = Signal()      # left != 0, registered: the decision reads no comparator
         pushed = Signal(cb)
         recv = Signal(cb)
         in_chunk = Signal(range(p.chunks))
@@ -223,57 +259,191 @@ class TokenMatcher(wiring.Component):
             dinit.seed.eq(cfg.seed),
         ]
         final = rnd == cfg.rounds
-        n_src = N - n_dst
+        # Range shift of the round, registered. dmax only changes during an engine pass and
+        # every binning pass starts at least two cycles after one ends (BIN_START between),
+        # so c_shift is final before the first distance of a pass reaches a shifter.
         c_shift = Signal(range(p.dist_bits + 1))
-        m.d.comb += [c_shift.eq(hist_shift(p, dmax)), hist.shift.eq(c_shift)]
+        m.d.sync += c_shift.eq(hist_shift(p, dmax))
+        m.d.comb += hist.shift.eq(c_shift)
+        # Threshold count, registered. Threshold samples k with its start pulse, at the end
+        # of the binning pass. stay's last update (budget mode: stage B of the last src)
+        # precedes it by more than two cycles: that src still has to leave the queue and
+        # the histogram's pipeline (hist.busy) before the pass can end.
+        thr_k = Signal(cb)
         quota_eff = Mux(cfg.quota < stay, cfg.quota, stay)
-        m.d.comb += thr.k.eq(Mux(final, cfg.r, quota_eff))
+        m.d.sync += thr_k.eq(Mux(final, cfg.r, quota_eff))
+        m.d.comb += thr.k.eq(thr_k)
 
-        # ---- Token scanner: stage 0 counter, stage 1 kind/best data, stage 2 pos data. ----
+        # One-hot decodes of the FSM states that drive the shared datapath (set in the FSM).
+        st = {name: Signal(name=f"st_{name.lower()}") for name in
+              ("LOAD", "INIT", "ENGINE", "BIN", "PROMOTE", "SELECT", "MAP")}
+
+        # ---- Token scanner ----------------------------------------------------------------
+        # A free-running issue stage and SCAN_STAGES pipeline stages that never stall, ending
+        # in the output queue `sq`. Credits bound the tokens in flight plus queued to the
+        # queue's depth, so a token always finds a slot and no ready signal reaches a memory
+        # address or enable: only the queue's read side sees the consumer's ready. Each pass
+        # enqueues (or drops, returning the credit) at the first stage that has what it needs,
+        # and its tokens go no further, so later stages carry few bits:
+        #
+        #   I  issue: scan_n -> kind/best read address (when a credit is free)
+        #   A  read data out of the memories
+        #   B  read data registered. Engine and binning passes: enqueue src (index or
+        #      distance) / drop the rest; budget-mode stay count. target -> pos read
+        #      address; v = dist >> c
+        #   C  pos data out; map pass: enqueue (kind, target, pos), the pos straight into
+        #      the queue's storage (no logic on it). e = bitlen(v)
+        #   D  code from (v, e)
+        #   E  code compared with t (registered: >, ==, <)
+        #   F  promotion / selection / kind-table clear: decision (promote, merge, keep; the
+        #      `left` counter of bin t is a one-cycle loop), table writes, counters, enqueue
+        #      a promoted dst or drop
+        Q = SCAN_QUEUE
         scan_n = Signal(cb)
         scanning = Signal()
-        adv = Signal()
-        v1, n1 = Signal(), Signal(ib)
-        v2, kind2, target2 = Signal(), Signal(2), Signal(ib)
-        v0 = scanning & (scan_n < N)
-        kind1 = kind_r.data
-        dist1 = best_r.data.dist
-        near1 = best_r.data.near
-        code1 = Signal(range(p.NB))
-        m.d.comb += code1.eq(hist_code(p, dist1, c_shift))
-        target1 = Mux(kind1 == _MERGED, near1, n1)
-        m.d.comb += [kind_r.addr.eq(scan_n), kind_r.en.eq(adv),
-                     pos_r.addr.eq(target1), pos_r.en.eq(adv)]
-        with m.If(adv):
-            m.d.sync += [v1.eq(v0), n1.eq(scan_n), v2.eq(v1), kind2.eq(kind1),
-                         target2.eq(target1)]
-            with m.If(v0):
-                m.d.sync += scan_n.eq(scan_n + 1)
-        scan_done = (scan_n == N) & ~v1 & ~v2
-        is_src1 = v1 & (kind1 == _SRC)
-        at_t = taken < need
+        cred = Signal(range(Q + 1), init=Q)
+        iss = Signal()
+        m.d.comb += iss.eq(scanning & (scan_n != N) & (cred != 0))
+        with m.If(iss):
+            m.d.sync += scan_n.eq(scan_n + 1)
+        # Every token has left the pipeline once its credit is back (tokens of a pass that
+        # ends at stage B or D do not go further), so the pass is over.
+        ov, sv = Signal(), Signal()     # engine skid buffer: output and skid entry valid
+        scan_done = (scan_n == N) & (cred == Q) & ~ov
+        consuming = Signal()     # engine pass: best_r serves the result consumer
+        m.d.comb += [kind_r.addr.eq(scan_n),
+                     best_r.addr.eq(Mux(consuming, eng.o.payload.src, scan_n))]
 
-        # ---- Engine result consumer: read old best (stage c0), combine and write (c1). ----
-        cv = Signal()
-        c_res = Signal(layouts.engine_result(p))
-        consuming = Signal()
-        m.d.comb += eng.o.ready.eq(consuming)
-        with m.If(consuming):
-            m.d.comb += [best_r.addr.eq(eng.o.payload.src), best_r.en.eq(1)]
+        def stage_regs(suffix, **shapes):
+            return {k: Signal(v, name=f"{k}_{suffix}", reset_less=(k != "v"))
+                    for k, v in shapes.items()}
+
+        # Tokens pass every stage in issue order, one stage per cycle, so the index of the
+        # token in stage B (and F) is a count of the valid tokens seen there since the scan
+        # started: two counters instead of an index register in every stage.
+        A = stage_regs("a", v=1)
+        m.d.sync += A["v"].eq(iss)
+        B = stage_regs("b", v=1, kind=2, dist=p.dist_bits, near=ib)
+        B["n"] = Signal(ib, name="n_b")
+        m.d.sync += [B["v"].eq(A["v"]), B["kind"].eq(kind_r.data),
+                     B["dist"].eq(best_r.data.dist), B["near"].eq(best_r.data.near)]
+        with m.If(B["v"]):
+            m.d.sync += B["n"].eq(B["n"] + 1)
+        b_src = B["kind"] == _SRC
+        b_le_tau = B["dist"] <= cfg.tau
+        b_pass = st["ENGINE"] | st["BIN"]        # passes that end at stage B
+        target_b = Mux(B["kind"] == _MERGED, B["near"], B["n"])
+        m.d.comb += pos_r.addr.eq(target_b)
+        C = stage_regs("c", v=1, kind=2, target=ib, src=1, le_tau=1, vsh=p.dist_bits)
+        m.d.sync += [C["v"].eq(B["v"] & ~b_pass), C["kind"].eq(B["kind"]),
+                     C["target"].eq(target_b), C["src"].eq(b_src), C["le_tau"].eq(b_le_tau),
+                     C["vsh"].eq(B["dist"] >> c_shift)]
+        D = stage_regs("d", v=1, src=1, le_tau=1, vsh=p.dist_bits, e=range(p.dist_bits + 1))
+        m.d.sync += [D["v"].eq(C["v"] & ~st["MAP"])] + [
+            D[k].eq(C[k]) for k in ("src", "le_tau", "vsh")] + [D["e"].eq(bitlen(C["vsh"]))]
+        E = stage_regs("e", v=1, src=1, le_tau=1, code=range(p.NB))
+        m.d.sync += [E[k].eq(D[k]) for k in ("v", "src", "le_tau")] + [
+            E["code"].eq(hist_code_from(p, D["vsh"], D["e"]))]
+        F = stage_regs("f", v=1, src=1, le_tau=1, gt=1, eq=1, lt=1)
+        F["n"] = Signal(ib, name="n_f")
+        m.d.sync += [F[k].eq(E[k]) for k in ("v", "src", "le_tau")] + [
+            F["gt"].eq(E["code"] > t), F["eq"].eq(E["code"] == t),
+            F["lt"].eq(E["code"] < t)]
+        with m.If(F["v"]):
+            m.d.sync += F["n"].eq(F["n"] + 1)
+
+        # Stage F decisions (only meaningful in their pass; the FSM gates their use).
+        f_src = F["v"] & F["src"]
+        prom = f_src & (F["gt"] | (F["eq"] & left_nz))
+        merge = f_src & Mux(cfg.budget, F["le_tau"], F["lt"] | (F["eq"] & left_nz))
+        keep = F["v"] & ~merge
+        take_t = Signal()       # an entry of bin t was taken: left -= 1
+        with m.If(take_t):
+            m.d.sync += [left.eq(left - 1), left_nz.eq(left != 1)]
+
+        # Output queue of the scanner: src index (engine pass), distance (binning), promoted
+        # dst (promotion) or map entry (map pass).
+        # The map entry's pos has a field of its own, written by pos_r.data alone.
+        q_layout = data.StructLayout({
+            "u": data.UnionLayout({"tok": unsigned(ib), "dist": unsigned(p.dist_bits),
+                                   "kt": data.StructLayout({"kind": unsigned(2),
+                                                            "target": unsigned(ib)})}),
+            "pos": unsigned(ib)})
+        m.submodules.sq = sq = SyncFIFOBuffered(width=q_layout.size, depth=Q)
+        q_in = data.View(q_layout, sq.w_data)
+        q_out = data.View(q_layout, sq.r_data)
+        enq_b = b_pass & B["v"] & b_src
+        enq_c = st["MAP"] & C["v"]
+        enq_f = st["PROMOTE"] & prom
+        drop = Signal()
+        m.d.comb += [sq.w_en.eq(enq_b | enq_c | enq_f),
+                     drop.eq((b_pass & B["v"] & ~b_src) | (F["v"] & ~enq_f))]
+        pop = sq.r_en & sq.r_rdy
+        m.d.sync += cred.eq(cred - iss + pop + drop)
+        # The queue entry's union fields overlap from bit 0; one field per pass.
+        m.d.comb += q_in.pos.eq(pos_r.data)
+        with m.If(st["ENGINE"]):
+            m.d.comb += q_in.u.tok.eq(B["n"])
+        with m.Elif(st["BIN"]):
+            m.d.comb += q_in.u.dist.eq(B["dist"])
+        with m.Elif(st["MAP"]):
+            m.d.comb += [q_in.u.kt.kind.eq(C["kind"]), q_in.u.kt.target.eq(C["target"])]
         with m.Else():
-            m.d.comb += [best_r.addr.eq(scan_n), best_r.en.eq(adv)]
-        m.d.sync += [cv.eq(eng.o.valid & eng.o.ready), c_res.eq(eng.o.payload)]
-        old = best_r.data
-        better = (c_res.dist < old.dist) | ((c_res.dist == old.dist) & (c_res.dst < old.near))
-        take_new = (rnd == 0) | better
-        new_dist = Mux(take_new, c_res.dist, old.dist)
-        m.d.comb += [best_w.addr.eq(c_res.src), best_w.en.eq(cv),
-                     best_w.data.dist.eq(new_dist),
-                     best_w.data.near.eq(Mux(take_new, c_res.dst, old.near))]
-        with m.If(cv):
+            m.d.comb += q_in.u.tok.eq(F["n"])
+
+        # Skid buffer between the queue and the engine's src / dst_load ports: its input
+        # ready is a register, so the engine's ready (a deep function of the engine's state)
+        # stops at these few registers instead of reaching the queue and the credit counter.
+        e_pass = st["ENGINE"] | st["PROMOTE"]
+        e_ready = Mux(st["ENGINE"], eng.src.ready, eng.dst_load.ready)
+        od = Signal(ib, reset_less=True)
+        sd = Signal(ib, reset_less=True)
+        e_in = e_pass & sq.r_rdy & ~sv          # a src / promoted dst enters the skid
+        with m.If(ov & e_ready):
+            with m.If(sv):
+                m.d.sync += [od.eq(sd), sv.eq(0)]
+            with m.Elif(e_in):
+                m.d.sync += od.eq(q_out.u.tok)
+            with m.Else():
+                m.d.sync += ov.eq(0)
+        with m.Elif(e_in):
+            with m.If(ov):
+                m.d.sync += [sd.eq(q_out.u.tok), sv.eq(1)]
+            with m.Else():
+                m.d.sync += [od.eq(q_out.u.tok), ov.eq(1)]
+
+        # ---- Engine result consumer -------------------------------------------------------
+        #   X0  result transfer: its src is the best_r address (eng.o's payload is a
+        #       register), result registered (r1)
+        #   X1  old best out of the memory, registered (o2)
+        #   X2  combine (lexicographic minimum, or the new result in round 0), registered
+        #   X3  best table write; dmax update
+        # No read-after-write hazard: src reach the engine in ascending token order, each at
+        # most once per pass, and results come back in src order, so an entry is read (X0)
+        # and written (X3) once per pass, and no later read of the pass targets it. The
+        # binning pass that reads the table next starts after this pipeline drains.
+        v1, v2, v3 = Signal(), Signal(), Signal()
+        r1 = Signal(layouts.engine_result(p), reset_less=True)
+        r2 = Signal(layouts.engine_result(p), reset_less=True)
+        o2 = Signal(best_layout, reset_less=True)
+        w3 = Signal(best_layout, reset_less=True)
+        w3_src = Signal(ib, reset_less=True)
+        first_rnd = Signal()
+        m.d.sync += first_rnd.eq(rnd == 0)
+        m.d.comb += eng.o.ready.eq(consuming)
+        m.d.sync += [v1.eq(eng.o.valid & eng.o.ready), r1.eq(eng.o.payload),
+                     v2.eq(v1), r2.eq(r1), o2.eq(best_r.data)]
+        better = (r2.dist < o2.dist) | ((r2.dist == o2.dist) & (r2.dst < o2.near))
+        take_new = first_rnd | better
+        m.d.sync += [v3.eq(v2), w3_src.eq(r2.src),
+                     w3.dist.eq(Mux(take_new, r2.dist, o2.dist)),
+                     w3.near.eq(Mux(take_new, r2.dst, o2.near))]
+        m.d.comb += [best_w.addr.eq(w3_src), best_w.data.eq(w3), best_w.en.eq(v3)]
+        with m.If(v3 & (w3.dist > dmax)):
+            m.d.sync += dmax.eq(w3.dist)
+        with m.If(eng.o.valid & eng.o.ready):
             m.d.sync += recv.eq(recv + 1)
-            with m.If(new_dist > dmax):
-                m.d.sync += dmax.eq(new_dist)
+        results_done = (recv == pushed) & ~v1 & ~v2 & ~v3
 
         # ---- Guide load gating and counting. ----
         loading = Signal()
@@ -290,79 +460,136 @@ class TokenMatcher(wiring.Component):
             with m.If(out_chunk == p.chunks - 1):
                 m.d.sync += out_tok.eq(out_tok + 1)
 
+        # ---- Per-pass wiring of the table writes and of the queue's consumer. ----
+        m.d.comb += [
+            # Table writes from stage F (LOAD clears to src, PROMOTE marks dst, SELECT
+            # merges); INIT writes the dst straight from DstInit.
+            kind_w.addr.eq(Mux(st["INIT"], dinit.o.payload, F["n"])),
+            kind_w.data.eq(Mux(st["LOAD"], _SRC, Mux(st["SELECT"], _MERGED, _DST))),
+            kind_w.en.eq((st["LOAD"] & F["v"]) | (st["PROMOTE"] & prom) |
+                         (st["SELECT"] & merge) |
+                         (st["INIT"] & dinit.o.valid & dinit.o.ready)),
+            pos_w.addr.eq(F["n"]), pos_w.data.eq(kept), pos_w.en.eq(st["SELECT"] & keep),
+            take_t.eq(F["eq"] & ((st["PROMOTE"] & prom) | (st["SELECT"] & merge))),
+            sq.r_en.eq((e_pass & ~sv) | (st["BIN"] & hist.i.ready) |
+                       (st["MAP"] & self.map.ready)),
+            eng.src.valid.eq(st["ENGINE"] & ov), eng.src.payload.eq(od),
+            hist.i.valid.eq(st["BIN"] & sq.r_rdy), hist.i.payload.eq(q_out.u.dist),
+            self.map.valid.eq(st["MAP"] & sq.r_rdy),
+            self.map.payload.kind.eq(q_out.u.kt.kind),
+            self.map.payload.target.eq(q_out.u.kt.target),
+            self.map.payload.pos.eq(q_out.pos),
+            eng.dst_load.valid.eq(Mux(st["INIT"], dinit.o.valid, st["PROMOTE"] & ov)),
+            eng.dst_load.payload.eq(Mux(st["INIT"], dinit.o.payload, od)),
+            dinit.o.ready.eq(st["INIT"] & eng.dst_load.ready),
+        ]
+        with m.If(st["SELECT"]):
+            with m.If(merge):
+                m.d.sync += r_cnt.eq(r_cnt + 1)
+            with m.If(keep):
+                m.d.sync += kept.eq(kept + 1)
+        with m.If(st["BIN"] & B["v"] & b_src & cfg.budget & ~b_le_tau):
+            m.d.sync += stay.eq(stay + 1)
+        # Src and promoted dst are counted as they enter the skid buffer (all of them have
+        # left it when the pass ends), dst from DstInit as the engine takes them.
+        with m.If(st["ENGINE"] & e_in):
+            m.d.sync += pushed.eq(pushed + 1)
+        with m.If((st["PROMOTE"] & e_in) |
+                  (st["INIT"] & eng.dst_load.valid & eng.dst_load.ready)):
+            m.d.sync += [n_dst.eq(n_dst + 1), n_src.eq(n_src - 1)]
+
         def start_scan():
-            m.d.sync += scan_n.eq(0)
+            m.d.sync += [scan_n.eq(0), B["n"].eq(0), F["n"].eq(0)]
 
         def count(ctr):
             m.d.sync += ctr.eq(ctr + 1)
 
+        # Config check: one multiplier for both grid products, registered on both sides
+        # (prod = mul_a * mul_b of two cycles before); F*H is saturated at N_max + 1 (a larger
+        # F*H is a grid error whatever W is), so both products fit one small multiplier.
+        mul_a = Signal(cb + 1)
+        mul_b = Signal(cb)
+        mul_p = Signal(2 * cb + 1)
+        m.d.sync += mul_p.eq(mul_a * mul_b)
+        sf_max, sh_max, sw_max = p.window
+        bad_grid = (cfg.F == 0) | (cfg.H == 0) | (cfg.W == 0) | (mul_p > p.N_max)
+        bad_win = ((cfg.sf == 0) | (cfg.sh == 0) | (cfg.sw == 0) |
+                   (cfg.sf > sf_max) | (cfg.sh > sh_max) | (cfg.sw > sw_max) |
+                   (cfg.sf > cfg.F) | (cfg.sh > cfg.H) | (cfg.sw > cfg.W))
+        err = Signal(3)
+
         with m.FSM() as fsm:
             with m.State("IDLE"):
-                m.d.comb += adv.eq(1)
                 with m.If(self.start):
                     m.d.sync += [cfg.eq(self.cfg), self.done.eq(0), self.error.eq(0),
-                                 self.error_code.eq(0), r_cnt.eq(0),
+                                 self.error_code.eq(0), r_cnt.eq(0), kept.eq(0),
                                  self.cyc_total.eq(0), self.cyc_load.eq(0),
                                  self.cyc_init.eq(0), self.cyc_datm.eq(0),
                                  self.cyc_select.eq(0), self.cyc_map.eq(0),
                                  self.cyc_engine.eq(0)]
                     m.next = "CHECK1"
             with m.State("CHECK1"):
-                m.d.comb += adv.eq(1)
                 count(self.cyc_total)
-                m.d.comb += [mul_a.eq(cfg.F), mul_b.eq(cfg.H)]
-                m.d.sync += FH.eq(Mux(mul_p > p.N_max, p.N_max + 1, mul_p))
+                m.d.sync += [mul_a.eq(cfg.F), mul_b.eq(cfg.H)]
                 m.next = "CHECK2"
             with m.State("CHECK2"):
-                m.d.comb += adv.eq(1)
                 count(self.cyc_total)
-                m.d.comb += [mul_a.eq(FH), mul_b.eq(cfg.W)]
-                NN = mul_p
-                m.d.sync += N.eq(NN)
-                err = Signal(3)
-                sf_max, sh_max, sw_max = p.window
-                with m.If((cfg.F == 0) | (cfg.H == 0) | (cfg.W == 0) | (NN > p.N_max)):
-                    m.d.comb += err.eq(MatcherError.GRID)
-                with m.Elif((cfg.sf == 0) | (cfg.sh == 0) | (cfg.sw == 0) |
-                            (cfg.sf > sf_max) | (cfg.sh > sh_max) | (cfg.sw > sw_max) |
-                            (cfg.sf > cfg.F) | (cfg.sh > cfg.H) | (cfg.sw > cfg.W)):
-                    m.d.comb += err.eq(MatcherError.WINDOW)
+                m.next = "CHECK3"
+            with m.State("CHECK3"):
+                count(self.cyc_total)
+                m.d.sync += [mul_a.eq(Mux(mul_p > p.N_max, p.N_max + 1, mul_p)),
+                             mul_b.eq(cfg.W)]
+                m.next = "CHECK4"
+            with m.State("CHECK4"):
+                count(self.cyc_total)
+                m.next = "CHECK5"
+            with m.State("CHECK5"):
+                count(self.cyc_total)
+                m.d.sync += N.eq(mul_p)
+                with m.If(bad_grid):
+                    m.d.sync += err.eq(MatcherError.GRID)
+                with m.Elif(bad_win):
+                    m.d.sync += err.eq(MatcherError.WINDOW)
                 with m.Elif(cfg.rounds > p.R):
-                    m.d.comb += err.eq(MatcherError.ROUNDS)
+                    m.d.sync += err.eq(MatcherError.ROUNDS)
                 with m.Elif(cfg.seed == 0):
-                    m.d.comb += err.eq(MatcherError.SEED)
+                    m.d.sync += err.eq(MatcherError.SEED)
                 with m.Elif(cfg.shift > 16):
-                    m.d.comb += err.eq(MatcherError.SHIFT)
+                    m.d.sync += err.eq(MatcherError.SHIFT)
+                with m.Else():
+                    m.d.sync += err.eq(MatcherError.NONE)
+                m.next = "CHECK6"
+            with m.State("CHECK6"):
+                count(self.cyc_total)
                 with m.If(err != 0):
                     m.d.sync += [self.error.eq(1), self.error_code.eq(err)]
                     m.next = "DONE"
                 with m.Else():
                     m.d.comb += [qz.start.eq(1), eng.dst_clear.eq(1), hist.clear.eq(1)]
                     m.d.sync += [in_tok.eq(0), in_chunk.eq(0), out_tok.eq(0),
-                                 out_chunk.eq(0), n_dst.eq(0), dst_base.eq(0), rnd.eq(0),
-                                 dmax.eq(0)]
+                                 out_chunk.eq(0), n_dst.eq(0), n_src.eq(N), dst_base.eq(0),
+                                 rnd.eq(0), dmax.eq(0)]
                     start_scan()
                     m.next = "LOAD"
             with m.State("LOAD"):
                 # Guide load; the scanner clears the kind table meanwhile.
                 count(self.cyc_total)
                 count(self.cyc_load)
-                m.d.comb += [loading.eq(1), scanning.eq(1), adv.eq(1),
-                             kind_w.addr.eq(n1), kind_w.data.eq(_SRC), kind_w.en.eq(v1)]
+                m.d.comb += [st["LOAD"].eq(1), loading.eq(1), scanning.eq(1)]
                 with m.If((out_tok == N) & scan_done & ~hist.busy):
-                    m.d.comb += dinit.start.eq(1)
-                    m.next = "INIT"
+                    m.next = "INIT0"
+            with m.State("INIT0"):
+                # DstInit's start comes from this state register, not from the load phase's
+                # exit condition: start fans out to most of DstInit's registers (that path
+                # limited the UP5K placement to 30 MHz).
+                count(self.cyc_total)
+                count(self.cyc_init)
+                m.d.comb += [st["INIT"].eq(1), dinit.start.eq(1)]
+                m.next = "INIT"
             with m.State("INIT"):
                 count(self.cyc_total)
                 count(self.cyc_init)
-                m.d.comb += [adv.eq(1),
-                             eng.dst_load.valid.eq(dinit.o.valid),
-                             eng.dst_load.payload.eq(dinit.o.payload),
-                             dinit.o.ready.eq(eng.dst_load.ready),
-                             kind_w.addr.eq(dinit.o.payload), kind_w.data.eq(_DST),
-                             kind_w.en.eq(dinit.o.valid & dinit.o.ready)]
-                with m.If(dinit.o.valid & dinit.o.ready):
-                    count(n_dst)
+                m.d.comb += st["INIT"].eq(1)
                 with m.If(~dinit.busy):
                     with m.If(~cfg.budget & (cfg.r > n_src)):
                         m.d.sync += [self.error.eq(1), self.error_code.eq(MatcherError.R)]
@@ -372,7 +599,6 @@ class TokenMatcher(wiring.Component):
             with m.State("ROUND"):
                 count(self.cyc_total)
                 count(self.cyc_datm)
-                m.d.comb += adv.eq(1)
                 with m.If((n_dst != dst_base) & (n_src != 0)):
                     m.d.sync += [pushed.eq(0), recv.eq(0), dmax.eq(0)]
                     start_scan()
@@ -381,32 +607,26 @@ class TokenMatcher(wiring.Component):
                     m.next = "BIN_START"
             with m.State("ENGINE"):
                 count(self.cyc_total)
-                m.d.sync += self.cyc_engine[rnd].eq(self.cyc_engine[rnd] + 1)
-                m.d.comb += [scanning.eq(1), consuming.eq(1),
-                             eng.src.valid.eq(is_src1), eng.src.payload.eq(n1),
-                             adv.eq(~is_src1 | eng.src.ready)]
-                with m.If(eng.src.valid & eng.src.ready):
-                    count(pushed)
-                with m.If(scan_done & (recv == pushed) & ~cv):
+                # One incrementer per round's counter (no multiplexer on rnd in the adder).
+                for k in range(p.R + 1):
+                    with m.If(rnd == k):
+                        count(self.cyc_engine[k])
+                m.d.comb += [st["ENGINE"].eq(1), scanning.eq(1), consuming.eq(1)]
+                with m.If(scan_done & results_done):
                     m.next = "BIN_START"
             with m.State("BIN_START"):
                 count(self.cyc_total)
                 count(self.cyc_datm)
-                m.d.comb += adv.eq(1)
-                m.d.sync += [stay.eq(Mux(cfg.budget, 0, n_src - cfg.r)), taken.eq(0)]
+                m.d.sync += stay.eq(Mux(cfg.budget, 0, n_src - cfg.r))
+                start_scan()
                 with m.If(final & cfg.budget):
                     m.next = "SELECT"
-                    start_scan()
                 with m.Else():
-                    start_scan()
                     m.next = "BIN"
             with m.State("BIN"):
                 count(self.cyc_total)
                 count(self.cyc_datm)
-                m.d.comb += [scanning.eq(1), hist.i.valid.eq(is_src1),
-                             hist.i.payload.eq(dist1), adv.eq(~is_src1 | hist.i.ready)]
-                with m.If(is_src1 & adv & cfg.budget & (dist1 > cfg.tau)):
-                    count(stay)
+                m.d.comb += [st["BIN"].eq(1), scanning.eq(1)]
                 with m.If(scan_done & ~hist.busy):
                     m.d.comb += [hist.dump.eq(1), hist.descending.eq(~final),
                                  thr.start.eq(1)]
@@ -414,10 +634,10 @@ class TokenMatcher(wiring.Component):
             with m.State("THRESH"):
                 count(self.cyc_total)
                 count(self.cyc_datm)
-                m.d.comb += adv.eq(1)
                 wiring.connect(m, hist.o, thr.i)
                 with m.If(thr.done):
-                    m.d.sync += [t.eq(thr.t), need.eq(thr.need), dst_base.eq(n_dst)]
+                    m.d.sync += [t.eq(thr.t), left.eq(thr.need), left_nz.eq(thr.need != 0),
+                                 dst_base.eq(n_dst)]
                     start_scan()
                     with m.If(final):
                         m.next = "SELECT"
@@ -426,53 +646,25 @@ class TokenMatcher(wiring.Component):
             with m.State("PROMOTE"):
                 count(self.cyc_total)
                 count(self.cyc_datm)
-                prom = is_src1 & ((code1 > t) | ((code1 == t) & at_t))
-                m.d.comb += [scanning.eq(1),
-                             eng.dst_load.valid.eq(prom), eng.dst_load.payload.eq(n1),
-                             adv.eq(~prom | eng.dst_load.ready),
-                             kind_w.addr.eq(n1), kind_w.data.eq(_DST),
-                             kind_w.en.eq(prom & adv)]
-                with m.If(prom & adv):
-                    count(n_dst)
-                    with m.If(code1 == t):
-                        count(taken)
+                m.d.comb += [st["PROMOTE"].eq(1), scanning.eq(1)]
                 with m.If(scan_done):
                     m.d.sync += rnd.eq(rnd + 1)
                     m.next = "ROUND"
             with m.State("SELECT"):
                 count(self.cyc_total)
                 count(self.cyc_select)
-                merge = is_src1 & Mux(cfg.budget, dist1 <= cfg.tau,
-                                      (code1 < t) | ((code1 == t) & at_t))
-                keep = v1 & ~merge
-                m.d.comb += [scanning.eq(1), adv.eq(1),
-                             kind_w.addr.eq(n1), kind_w.data.eq(_MERGED), kind_w.en.eq(merge),
-                             pos_w.addr.eq(n1), pos_w.data.eq(kept), pos_w.en.eq(keep)]
-                with m.If(merge):
-                    count(r_cnt)
-                    with m.If(code1 == t):
-                        count(taken)
-                with m.If(keep):
-                    count(kept)
+                m.d.comb += [st["SELECT"].eq(1), scanning.eq(1)]
                 with m.If(scan_done):
                     start_scan()
                     m.next = "MAP"
             with m.State("MAP"):
                 count(self.cyc_total)
                 count(self.cyc_map)
-                m.d.comb += [scanning.eq(1), adv.eq(~v2 | self.map.ready),
-                             self.map.valid.eq(v2),
-                             self.map.payload.kind.eq(kind2),
-                             self.map.payload.target.eq(target2),
-                             self.map.payload.pos.eq(pos_r.data)]
+                m.d.comb += [st["MAP"].eq(1), scanning.eq(1)]
                 with m.If(scan_done):
                     m.next = "DONE"
             with m.State("DONE"):
-                m.d.comb += adv.eq(1)
                 m.d.sync += self.done.eq(1)
                 m.next = "IDLE"
             m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
-        # The kept counter restarts every call.
-        with m.If(fsm.ongoing("IDLE") & self.start):
-            m.d.sync += kept.eq(0)
         return m

@@ -11,8 +11,8 @@ One unit serves both directions; only the order in which the histogram is dumped
 
 ``k = 0`` gives the first bin in dump order with ``need = 0``: nothing is taken, as golden.
 ``k`` must not exceed the histogram total (the matcher guarantees it); otherwise ``found``
-stays low. Budget mode (``d <= tau``) needs no threshold: the selection pass compares the
-distance itself and counts ``r``.
+stays low (and ``t``, ``need`` are meaningless). Budget mode (``d <= tau``) needs no
+threshold: the selection pass compares the distance itself and counts ``r``.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ class Threshold(wiring.Component):
     i : In(stream.Signature(bin_beat(params)))
         Histogram bins in dump order (always ready); ``last`` ends the scan.
     start : In(1)
-        Pulse before a scan: clears the prefix sum and ``done``.
+        Pulse before a scan: samples ``k``, clears ``found`` and ``done``.
     k : In(count_bits)
-        Number of entries to take; stable during the scan.
+        Number of entries to take; sampled with ``start``.
     t : Out(range(NB))
         Threshold bin.
     need : Out(count_bits)
@@ -72,16 +72,21 @@ class Threshold(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        cum = Signal(self._p.count_bits + 1)
+        # Instead of the prefix sum ``cum`` and the test ``cum + count >= k`` (an adder then
+        # a comparator in series), keep what is still missing, ``rem = k - cum``: the test
+        # is ``count >= rem`` and the update ``rem - count``, side by side. Until a bin is
+        # found ``cum < k`` (or ``k = 0``), so ``rem`` never goes negative while it matters.
+        # ``t`` and ``need`` follow every bin until one is found, so the comparator drives
+        # only ``found``, not the enables of ``t`` and ``need``.
+        rem = Signal(self._p.count_bits)
         m.d.comb += self.i.ready.eq(1)
         with m.If(self.start):
-            m.d.sync += [cum.eq(0), self.found.eq(0), self.done.eq(0)]
+            m.d.sync += [rem.eq(self.k), self.found.eq(0), self.done.eq(0)]
         with m.Elif(self.i.valid):
-            nxt = cum + self.i.payload.count
-            m.d.sync += cum.eq(nxt)
-            with m.If(~self.found & (nxt >= self.k)):
-                m.d.sync += [self.found.eq(1), self.t.eq(self.i.payload.bin),
-                             self.need.eq(self.k - cum)]
+            m.d.sync += rem.eq(rem - self.i.payload.count)
+            with m.If(~self.found):
+                m.d.sync += [self.found.eq(self.i.payload.count >= rem),
+                             self.t.eq(self.i.payload.bin), self.need.eq(rem)]
             with m.If(self.i.payload.last):
                 m.d.sync += self.done.eq(1)
         return m

@@ -74,3 +74,39 @@ def test_dstinit_rejects_bad_params():
         DstInit({"N_max": 64})
     with pytest.raises(ParamError):
         OrbisParams(window=(0, 2, 2))
+
+
+def test_dstinit_window_rate():
+    """With ready always high: first token SETUP_CYCLES + CYCLES_PER_WINDOW cycles after
+    start, then one every CYCLES_PER_WINDOW cycles (the next window is computed while a
+    token waits), and busy falls the cycle after the last transfer."""
+    from hw.dstinit import CYCLES_PER_WINDOW, SETUP_CYCLES
+    p = OrbisParams(N_max=512, window=(3, 4, 5), R=0)
+    dut = DstInit(p)
+    seen = []
+
+    async def tb(ctx):
+        for sig, v in ((dut.F, 4), (dut.H, 4), (dut.W, 6), (dut.sf, 2), (dut.sh, 2),
+                       (dut.sw, 3), (dut.seed, 0x1234)):
+            ctx.set(sig, v)
+        ctx.set(dut.o.ready, 1)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        cycle = 1
+        while ctx.get(dut.busy):
+            if ctx.get(dut.o.valid):
+                seen.append(cycle)
+            await ctx.tick()
+            cycle += 1
+        seen.append(cycle)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    *xfers, idle_at = seen
+    assert len(xfers) == 2 * 2 * 2
+    assert xfers[0] == SETUP_CYCLES + CYCLES_PER_WINDOW
+    assert all(b - a == CYCLES_PER_WINDOW for a, b in zip(xfers, xfers[1:]))
+    assert idle_at == xfers[-1] + 1

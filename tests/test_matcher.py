@@ -154,3 +154,29 @@ def test_matcher_bad_config():
 def test_matcher_rejects_bad_params():
     with pytest.raises(TypeError):
         TokenMatcher("ecp5-default")
+
+
+def test_matcher_scan_rate():
+    """Without idle or backpressure a scan issues one token per cycle: the selection pass
+    takes N cycles plus the scanner's fill and drain (decision at stage SCAN_STAGES, credit
+    back the cycle after), the map pass N + 6 (enqueue at stage 3, two cycles through the
+    output queue, credit back the cycle after), and the engine pass stays within a few
+    cycles of n_src * groups * D/L (the scanner keeps the engine fed)."""
+    from hw.matcher import SCAN_QUEUE, SCAN_STAGES
+    from hw.similarity import SimilarityEngine
+    p = P_SMALL
+    g = np.random.default_rng(7).integers(-5000, 5000, size=(60, p.D))
+    call = Call(g, 3, 4, 5, (2, 2, 2), r=20, rounds=0, quota=0, seed=1, shift=10)
+    (res,) = simulate(p, [call])
+    want = check(p, call, res)
+    N = 60
+    assert res["cyc_select"] == N + SCAN_STAGES + 1
+    assert res["cyc_map"] == N + 6
+    n_dst = len(want.dst)
+    work = (N - n_dst) * -(-n_dst // p.P) * p.chunks
+    # Fill (first src through the scanner) plus the engine's and the consumer's latency;
+    # a starved engine would lose cycles per src instead.
+    eng = SimilarityEngine(p)
+    eng._MustUse__silence = True      # only its latency is needed, not elaborated
+    slack = SCAN_QUEUE + eng.latency + 10
+    assert work <= res["cyc_engine"][0] <= work + slack, (work, slack, res["cyc_engine"])

@@ -17,10 +17,14 @@ minimum of its stored best and the new result, which equals a full recomputation
     engine[k]  = ceil(n_src[k] * ceil(new[k] / P) * C / util) + e_pipe   (0 if new[k] = 0)
     bin[k]     = N + NB + c_pass                        binning scan + threshold dump
     promote[k] = max(N, q_eff[k] * (C + 1)) + c_pass    k < R: scan; dst copies overlap it
-    load       = N * C + 2                              guide beats through the quantizer
-    init       = n_windows * (C + 1)                    a dst copy per window
-    select     = N + 3;  map = N + 3
-    total = load + init + sum_k (engine[k] + bin[k]) + sum_{k<R} promote[k] + select + map
+    load       = N * C + 4                              guide beats through the quantizer
+    init       = n_windows * max(C + 1, 9) + 7          a dst copy per window, or DstInit's
+                                                        9 cycles per window if slower
+    select     = N + 7;  map = N + 6                    one token per cycle plus the
+                                                        scanner's fill and drain
+    check      = 6                                      config check at start
+    total = check + load + init + sum_k (engine[k] + bin[k]) + sum_{k<R} promote[k]
+            + select + map
 
 ``util`` is the engine's lane utilisation within a pass (1.0: the engine issues every cycle;
 measured 1.001 engine/ideal), ``e_pipe`` the engine pipeline fill/drain per pass and
@@ -43,12 +47,24 @@ __all__ = ["n_windows", "matcher_cycles", "attention_cycles", "RTL_CALL", "calib
 # RTL-measured matcher call (tools/bench_matcher.py, Amaranth simulation with the real
 # quantizer and engine; docs/matcher.md): Big Buck Bunny, 8 x 8 x 8 = 512 tokens,
 # ecp5-default shape (D = 64, P = L = 8, NB = 64), R = 2, quota 32, r = 256, 2x2x2 windows.
+# (tools/bench_matcher.py's call with rounds = 2; the scanner pipeline of hw/matcher.py.)
 RTL_CALL = dict(
     config=dict(F=8, H=8, W=8, D=64, P=8, L=8, NB=64, R=2, quota=32, r=256,
                 window=(2, 2, 2)),
-    cycles=dict(load=4098, init=575, engine=[28695, 13330, 12306], datm=2950, select=515,
-                map=515, total=62986),
+    cycles=dict(load=4100, init=583, engine=[28702, 13342, 12318], datm=2825, select=519,
+                map=518, total=62913),
 )
+
+#: DstInit's cycles per window (``hw.dstinit.CYCLES_PER_WINDOW``) and its start latency.
+INIT_CYCLES_PER_WINDOW = 9
+INIT_SETUP = 7
+#: Scan passes without a stalling consumer: N cycles plus the scanner pipeline's fill and
+#: drain (selection: decision at stage ``hw.matcher.SCAN_STAGES``, credit back a cycle
+#: later; map: enqueue at stage 3, two cycles through the output queue, credit back).
+SELECT_EXTRA = 7
+MAP_EXTRA = 6
+#: Config check states at ``start`` (counted in the total only).
+CHECK_CYCLES = 6
 
 
 def n_windows(F: int, H: int, W: int, window=(2, 2, 2)) -> int:
@@ -59,7 +75,7 @@ def n_windows(F: int, H: int, W: int, window=(2, 2, 2)) -> int:
 
 def matcher_cycles(*, F: int, H: int, W: int, D: int, P: int, L: int, R: int, quota: int,
                    NB: int, r: int | None = None, window=(2, 2, 2), util: float = 1.0,
-                   e_pipe: int = 20, c_pass: int = 40) -> dict:
+                   e_pipe: int = 30, c_pass: int = 15) -> dict:
     """Return the matcher's cycles for one call, with every term of the formula.
 
     Parameters
@@ -110,9 +126,12 @@ def matcher_cycles(*, F: int, H: int, W: int, D: int, P: int, L: int, R: int, qu
                            overhead=b + pr))
         n_dst += q
         new = q
-    load, init, select, mp = N * C + 2, nw * (C + 1), N + 3, N + 3
+    load = N * C + 4
+    init = nw * max(C + 1, INIT_CYCLES_PER_WINDOW) + INIT_SETUP
+    select, mp = N + SELECT_EXTRA, N + MAP_EXTRA
     datm = sum(x["overhead"] for x in passes)
-    total = load + init + sum(x["engine"] for x in passes) + datm + select + mp
+    total = (CHECK_CYCLES + load + init + sum(x["engine"] for x in passes) + datm + select
+             + mp)
     return dict(total=total, load=load, init=init, datm=datm, select=select, map=mp,
                 engine=[x["engine"] for x in passes], engine_ideal=round(engine_ideal),
                 passes=passes, N=N)
