@@ -26,7 +26,7 @@ from amaranth.lib.wiring import In, Out
 
 from . import layouts
 from .divider import PipelinedDivider
-from .mapbuf import SkidBuffer
+from .skid import SkidBuffer
 from .params import OrbisParams, ParamError, bits_for, ceil_log2
 
 __all__ = ["Merger", "Unmerger"]
@@ -44,7 +44,7 @@ class Merger(wiring.Component):
 
     The mode is ``params.merge_mode``, fixed at elaboration.
 
-    Map entries go through a :class:`~hw.mapbuf.SkidBuffer` (``map.ready`` is a register)
+    Map entries go through a :class:`~hw.skid.SkidBuffer` (``map.ready`` is a register)
     into the held entry.
 
     ``replace``
@@ -60,7 +60,7 @@ class Merger(wiring.Component):
         of one address are exact. Output: the sums are read back in position order into
         registers, ``floor((2*S + c) / (2*c))`` is computed by ``Lx`` exact pipelined
         restoring dividers sharing the divisor, one beat per cycle, through an output
-        :class:`~hw.mapbuf.SkidBuffer` whose empty flag is the whole pipeline's enable. The
+        :class:`~hw.skid.SkidBuffer` whose empty flag is the whole pipeline's enable. The
         output pass writes zero behind its reads, so the memories are clear for the next
         call without a clearing pass. After reset (and at power-up) the block clears both
         memories once (``Dx/Lx * N_max`` cycles with ``busy`` high), so a reset in the middle
@@ -390,7 +390,7 @@ class Unmerger(wiring.Component):
     in ``y`` than the merged token's turn in the output. One output beat per cycle in steady
     state.
 
-    Pipeline (timing): map entries go through a :class:`~hw.mapbuf.SkidBuffer` (``map.ready``
+    Pipeline (timing): map entries go through a :class:`~hw.skid.SkidBuffer` (``map.ready``
     is a register) into the held entry, whose ``addr`` register is the read address; the
     read data goes into a capture register (no logic in between: on ECP5 the block RAM's
     clock-to-output alone is about 6 ns) and through a second skid buffer to ``o``. So
