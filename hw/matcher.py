@@ -291,8 +291,8 @@ class TokenMatcher(wiring.Component):
         #   B  read data registered. Engine and binning passes: enqueue src (index or
         #      distance) / drop the rest; budget-mode stay count. target -> pos read
         #      address; v = dist >> c
-        #   C  pos data out; map pass: enqueue (kind, target, pos), the pos straight into
-        #      the queue's storage (no logic on it). e = bitlen(v)
+        #   C  pos data out. e = bitlen(v)
+        #   M  map pass only: pos data registered; enqueue (kind, target, pos)
         #   D  code from (v, e)
         #   E  code compared with t (registered: >, ==, <)
         #   F  promotion / selection / kind-table clear: decision (promote, merge, keep; the
@@ -338,6 +338,11 @@ class TokenMatcher(wiring.Component):
         m.d.sync += [C["v"].eq(B["v"] & ~b_pass), C["kind"].eq(B["kind"]),
                      C["target"].eq(target_b), C["src"].eq(b_src), C["le_tau"].eq(b_le_tau),
                      C["vsh"].eq(B["dist"] >> c_shift)]
+        # Map pass: stage C registered once more, so the position table's read data (a block
+        # RAM's clock-to-out) reaches the queue's storage from a register, not across the chip.
+        M = stage_regs("m", v=1, kind=2, target=ib, pos=ib)
+        m.d.sync += [M["v"].eq(C["v"] & st["MAP"]), M["kind"].eq(C["kind"]),
+                     M["target"].eq(C["target"]), M["pos"].eq(pos_r.data)]
         D = stage_regs("d", v=1, src=1, le_tau=1, vsh=p.dist_bits, e=range(p.dist_bits + 1))
         m.d.sync += [D["v"].eq(C["v"] & ~st["MAP"])] + [
             D[k].eq(C[k]) for k in ("src", "le_tau", "vsh")] + [D["e"].eq(bitlen(C["vsh"]))]
@@ -373,7 +378,7 @@ class TokenMatcher(wiring.Component):
         q_in = data.View(q_layout, sq.w_data)
         q_out = data.View(q_layout, sq.r_data)
         enq_b = b_pass & B["v"] & b_src
-        enq_c = st["MAP"] & C["v"]
+        enq_c = st["MAP"] & M["v"]
         enq_f = st["PROMOTE"] & prom
         drop = Signal()
         m.d.comb += [sq.w_en.eq(enq_b | enq_c | enq_f),
@@ -381,13 +386,13 @@ class TokenMatcher(wiring.Component):
         pop = sq.r_en & sq.r_rdy
         m.d.sync += cred.eq(cred - iss + pop + drop)
         # The queue entry's union fields overlap from bit 0; one field per pass.
-        m.d.comb += q_in.pos.eq(pos_r.data)
+        m.d.comb += q_in.pos.eq(M["pos"])
         with m.If(st["ENGINE"]):
             m.d.comb += q_in.u.tok.eq(B["n"])
         with m.Elif(st["BIN"]):
             m.d.comb += q_in.u.dist.eq(B["dist"])
         with m.Elif(st["MAP"]):
-            m.d.comb += [q_in.u.kt.kind.eq(C["kind"]), q_in.u.kt.target.eq(C["target"])]
+            m.d.comb += [q_in.u.kt.kind.eq(M["kind"]), q_in.u.kt.target.eq(M["target"])]
         with m.Else():
             m.d.comb += q_in.u.tok.eq(F["n"])
 

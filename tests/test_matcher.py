@@ -159,7 +159,7 @@ def test_matcher_rejects_bad_params():
 def test_matcher_scan_rate():
     """Without idle or backpressure a scan issues one token per cycle: the selection pass
     takes N cycles plus the scanner's fill and drain (decision at stage SCAN_STAGES, credit
-    back the cycle after), the map pass N + 6 (enqueue at stage 3, two cycles through the
+    back the cycle after), the map pass N + 7 (enqueue at stage 4, two cycles through the
     output queue, credit back the cycle after), and the engine pass stays within a few
     cycles of n_src * groups * D/L (the scanner keeps the engine fed)."""
     from hw.matcher import SCAN_QUEUE, SCAN_STAGES
@@ -171,7 +171,7 @@ def test_matcher_scan_rate():
     want = check(p, call, res)
     N = 60
     assert res["cyc_select"] == N + SCAN_STAGES + 1
-    assert res["cyc_map"] == N + 6
+    assert res["cyc_map"] == N + 7
     n_dst = len(want.dst)
     work = (N - n_dst) * -(-n_dst // p.P) * p.chunks
     # Fill (first src through the scanner) plus the engine's and the consumer's latency;
