@@ -164,6 +164,23 @@ def test_harness_ports():
     assert ".\\a (sin[4:2])" in h and ".\\y (o[1:0])" in h and ".clk(clk)" in h
 
 
+def test_harness_keeps_every_output(tmp_path):
+    """The folded capture chain loses no output bit: a block whose 7 outputs are registers
+    keeps all 7 of them after synthesis only if every output reaches ``dout``."""
+    ports = [("input", "clk", 1), ("input", "rst", 1), ("input", "a", 4), ("output", "y", 7)]
+    assert synth.harness_ffs(ports) == 5 + 1 + 3      # chain (rst, a, din) + 3 capture regs
+    (tmp_path / "d.v").write_text(
+        "module blk(input clk, input rst, input [3:0] a, output reg [6:0] y);\n"
+        "  always @(posedge clk) y <= {a ^ {4{rst}}, a[0] & a[1], a[2] | a[3], ^a};\n"
+        "endmodule\n" + synth.harness_verilog("blk", ports))
+    subprocess.run([synth.tool("yosys"), "-q", "-p", "read_verilog -sv d.v; "
+                    "synth -flatten -top orbis_harness; tee -q -o s.json stat -json"],
+                   cwd=tmp_path, check=True)
+    cells = json.loads((tmp_path / "s.json").read_text())["design"]["num_cells_by_type"]
+    assert sum(v for k, v in cells.items() if "DFF" in k.upper()) == \
+        synth.harness_ffs(ports) + 7
+
+
 def test_cycle_model_formula():
     # 4 x 4 x 4 grid, windows of 8: 8 dst, 56 src; one pass with P = 3, D/L = 2.
     m = cyclemodel.matcher_cycles(F=4, H=4, W=4, D=8, P=3, L=4, R=0, quota=0, NB=16,

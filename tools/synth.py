@@ -48,7 +48,7 @@ from hw.params import PRESETS, ParamError, default_quota, preset
 
 from . import cyclemodel
 
-__all__ = ["dedupe_verilog", "top_ports", "harness_verilog", "parse_generic", "parse_fpga",
+__all__ = ["dedupe_verilog", "top_ports", "harness_verilog", "harness_ffs", "parse_generic", "parse_fpga",
            "REFERENCE", "HIDING", "run", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,24 +190,46 @@ def top_ports(text: str, top: str) -> list:
     return ports
 
 
-def harness_verilog(top: str, ports: list) -> str:
-    """A wrapper with pins ``clk``, ``din``, ``dout`` around module ``top``.
+#: Output bits folded into one capture register of the harness (a LUT4: three outputs and
+#: the previous capture bit), so the capture chain costs a third of a logic cell per output.
+HARNESS_FOLD = 3
 
-    Every input bit of ``top`` (``rst`` too) comes from a shift chain fed by ``din``; every
-    output bit goes into a register chain ``cap[i] <= out[i] ^ cap[i-1]`` ending at ``dout``, so
-    nothing is optimised away and each path through ``top`` is register to register.
-    """
+
+def _harness_split(ports: list) -> tuple:
     ins = [(n, w) for d, n, w in ports if d == "input" and n != "clk"]
     outs = [(n, w) for d, n, w in ports if d == "output"]
     ni = max(1, sum(w for _, w in ins))
     no = max(1, sum(w for _, w in outs))
+    return ins, outs, ni, no, -(-no // HARNESS_FOLD)
+
+
+def harness_ffs(ports: list) -> int:
+    """Flip-flops of :func:`harness_verilog`'s harness around a module with ``ports``."""
+    _, _, ni, _, nc = _harness_split(ports)
+    return ni + 1 + nc
+
+
+def harness_verilog(top: str, ports: list) -> str:
+    """A wrapper with pins ``clk``, ``din``, ``dout`` around module ``top``.
+
+    Every input bit of ``top`` (``rst`` too) comes from a shift chain fed by ``din``; the
+    output bits go, :data:`HARNESS_FOLD` at a time, into a register chain
+    ``cap[j+1] <= cap[j] ^ o[j] ^ o[j+nc] ^ o[j+2nc]`` ending at ``dout``. Nothing is
+    optimised away and each path through ``top`` is register to register; an input bit costs
+    one flip-flop and an output bit a third of one (a small FPGA has room for little more
+    than the unit).
+    """
+    ins, outs, ni, no, nc = _harness_split(ports)
+    k = HARNESS_FOLD
+    fold = " ^ ".join(f"op[{(j + 1) * nc - 1}:{j * nc}]" for j in range(k))
     lines = ["module orbis_harness(input clk, input din, output dout);",
              f"  reg [{ni}:0] sin = 0;",
              f"  always @(posedge clk) sin <= {{sin[{ni - 1}:0], din}};",
              f"  wire [{no - 1}:0] o;",
-             f"  reg [{no}:0] cap = 0;",
-             f"  always @(posedge clk) cap <= {{cap[{no - 1}:0] ^ o, 1'b0}};",
-             f"  assign dout = cap[{no}];"]
+             f"  wire [{k * nc - 1}:0] op = o;",
+             f"  reg [{nc}:0] cap = 0;",
+             f"  always @(posedge clk) cap <= {{cap[{nc - 1}:0] ^ {fold}, 1'b0}};",
+             f"  assign dout = cap[{nc}];"]
     conns, i, o = [], 1, 0
     if any(n == "clk" for _, n, _ in ports):
         conns.append(".clk(clk)")
@@ -559,8 +581,8 @@ def run_fpga(ctx: Ctx, label: str, verilog: str, top: str, target: str, pnr: boo
                 stat = json.loads((wd / "stat_h.json").read_text())["design"][
                     "num_cells_by_type"]
                 r = parse_fpga(target, stat)
-                # The harness's shift chain (inputs + 1) and capture chain (outputs).
-                r["FF"] -= sum(w for d, n, w in ports if n != "clk") + 1
+                # The harness's shift chain (inputs + 1) and capture chain.
+                r["FF"] -= harness_ffs(ports)
                 res.update(resources=r, cell_types=stat, resources_basis="harness netlist "
                            "less harness flip-flops (whole hierarchy, module boundaries "
                            "kept)")
