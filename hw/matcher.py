@@ -274,7 +274,8 @@ class TokenMatcher(wiring.Component):
         m.d.sync += thr_k.eq(Mux(final, cfg.r, quota_eff))
         m.d.comb += thr.k.eq(thr_k)
 
-        # One-hot decodes of the FSM states that drive the shared datapath (set in the FSM).
+        # One-hot flags of the FSM states that drive the shared datapath (flip-flops, set by
+        # the FSM's transitions: see goto).
         st = {name: Signal(name=f"st_{name.lower()}") for name in
               ("LOAD", "INIT", "ENGINE", "BIN", "PROMOTE", "SELECT", "MAP")}
 
@@ -450,8 +451,15 @@ class TokenMatcher(wiring.Component):
             m.d.sync += recv.eq(recv + 1)
         results_done = (recv == pushed) & ~v1 & ~v2 & ~v3
 
+        # DstInit's start as a flip-flop of its own, high in INIT0 (see INIT0).
+        init_start = Signal()
+        m.d.comb += dinit.start.eq(init_start)
+
         # ---- Guide load gating and counting. ----
         loading = Signal()
+        m.d.comb += [loading.eq(st["LOAD"]), consuming.eq(st["ENGINE"]),
+                     scanning.eq(st["LOAD"] | st["ENGINE"] | st["BIN"] | st["PROMOTE"] |
+                                 st["SELECT"] | st["MAP"])]
         in_more = loading & (in_tok < N)
         m.d.comb += [qz.i.payload.eq(self.guide.payload),
                      qz.i.valid.eq(self.guide.valid & in_more),
@@ -523,31 +531,42 @@ class TokenMatcher(wiring.Component):
                    (cfg.sf > cfg.F) | (cfg.sh > cfg.H) | (cfg.sw > cfg.W))
         err = Signal(3)
 
-        with m.FSM() as fsm:
+        # The FSM's one-hot state flags `st` are flip-flops set by every transition (goto),
+        # not decodes of the state register: they steer the scanner, the tables and the
+        # engine's ports, and a decode added two LUT levels to each of those paths.
+        st_of = {"LOAD": "LOAD", "INIT0": "INIT", "INIT": "INIT", "ENGINE": "ENGINE",
+                 "BIN": "BIN", "PROMOTE": "PROMOTE", "SELECT": "SELECT", "MAP": "MAP"}
+
+        def goto(state):
+            m.next = state
+            m.d.sync += [flag.eq(k == st_of.get(state)) for k, flag in st.items()]
+
+        busy = Signal()
+        with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [cfg.eq(self.cfg), self.done.eq(0), self.error.eq(0),
+                    m.d.sync += [cfg.eq(self.cfg), self.done.eq(0), self.error.eq(0), busy.eq(1),
                                  self.error_code.eq(0), r_cnt.eq(0), kept.eq(0),
                                  self.cyc_total.eq(0), self.cyc_load.eq(0),
                                  self.cyc_init.eq(0), self.cyc_datm.eq(0),
                                  self.cyc_select.eq(0), self.cyc_map.eq(0),
                                  self.cyc_engine.eq(0)]
-                    m.next = "CHECK1"
+                    goto("CHECK1")
             with m.State("CHECK1"):
                 count(self.cyc_total)
                 m.d.sync += [mul_a.eq(cfg.F), mul_b.eq(cfg.H)]
-                m.next = "CHECK2"
+                goto("CHECK2")
             with m.State("CHECK2"):
                 count(self.cyc_total)
-                m.next = "CHECK3"
+                goto("CHECK3")
             with m.State("CHECK3"):
                 count(self.cyc_total)
                 m.d.sync += [mul_a.eq(Mux(mul_p > p.N_max, p.N_max + 1, mul_p)),
                              mul_b.eq(cfg.W)]
-                m.next = "CHECK4"
+                goto("CHECK4")
             with m.State("CHECK4"):
                 count(self.cyc_total)
-                m.next = "CHECK5"
+                goto("CHECK5")
             with m.State("CHECK5"):
                 count(self.cyc_total)
                 m.d.sync += N.eq(mul_p)
@@ -563,79 +582,77 @@ class TokenMatcher(wiring.Component):
                     m.d.sync += err.eq(MatcherError.SHIFT)
                 with m.Else():
                     m.d.sync += err.eq(MatcherError.NONE)
-                m.next = "CHECK6"
+                goto("CHECK6")
             with m.State("CHECK6"):
                 count(self.cyc_total)
                 with m.If(err != 0):
                     m.d.sync += [self.error.eq(1), self.error_code.eq(err)]
-                    m.next = "DONE"
+                    goto("DONE")
                 with m.Else():
                     m.d.comb += [qz.start.eq(1), eng.dst_clear.eq(1), hist.clear.eq(1)]
                     m.d.sync += [in_tok.eq(0), in_chunk.eq(0), out_tok.eq(0),
                                  out_chunk.eq(0), n_dst.eq(0), n_src.eq(N), dst_base.eq(0),
                                  rnd.eq(0), dmax.eq(0)]
                     start_scan()
-                    m.next = "LOAD"
+                    goto("LOAD")
             with m.State("LOAD"):
                 # Guide load; the scanner clears the kind table meanwhile.
                 count(self.cyc_total)
                 count(self.cyc_load)
-                m.d.comb += [st["LOAD"].eq(1), loading.eq(1), scanning.eq(1)]
                 with m.If((out_tok == N) & scan_done & ~hist.busy):
-                    m.next = "INIT0"
+                    m.d.sync += init_start.eq(1)
+                    goto("INIT0")
             with m.State("INIT0"):
-                # DstInit's start comes from this state register, not from the load phase's
-                # exit condition: start fans out to most of DstInit's registers (that path
-                # limited the UP5K placement to 30 MHz).
+                # DstInit's start is a flip-flop of its own (init_start) set on the way in,
+                # not a decode of the state register: start fans out to
+                # most of DstInit's registers (that path limited the UP5K placement to
+                # 30 MHz).
                 count(self.cyc_total)
                 count(self.cyc_init)
-                m.d.comb += [st["INIT"].eq(1), dinit.start.eq(1)]
-                m.next = "INIT"
+                m.d.sync += init_start.eq(0)
+                goto("INIT")
             with m.State("INIT"):
                 count(self.cyc_total)
                 count(self.cyc_init)
-                m.d.comb += st["INIT"].eq(1)
                 with m.If(~dinit.busy):
                     with m.If(~cfg.budget & (cfg.r > n_src)):
                         m.d.sync += [self.error.eq(1), self.error_code.eq(MatcherError.R)]
-                        m.next = "DONE"
+                        goto("DONE")
                     with m.Else():
-                        m.next = "ROUND"
+                        goto("ROUND")
             with m.State("ROUND"):
                 count(self.cyc_total)
                 count(self.cyc_datm)
                 with m.If((n_dst != dst_base) & (n_src != 0)):
                     m.d.sync += [pushed.eq(0), recv.eq(0), dmax.eq(0)]
                     start_scan()
-                    m.next = "ENGINE"
+                    goto("ENGINE")
                 with m.Else():
-                    m.next = "BIN_START"
+                    goto("BIN_START")
             with m.State("ENGINE"):
                 count(self.cyc_total)
                 # One incrementer per round's counter (no multiplexer on rnd in the adder).
                 for k in range(p.R + 1):
                     with m.If(rnd == k):
                         count(self.cyc_engine[k])
-                m.d.comb += [st["ENGINE"].eq(1), scanning.eq(1), consuming.eq(1)]
                 with m.If(scan_done & results_done):
-                    m.next = "BIN_START"
+                    goto("BIN_START")
             with m.State("BIN_START"):
                 count(self.cyc_total)
                 count(self.cyc_datm)
                 m.d.sync += stay.eq(Mux(cfg.budget, 0, n_src - cfg.r))
                 start_scan()
                 with m.If(final & cfg.budget):
-                    m.next = "SELECT"
+                    goto("SELECT")
                 with m.Else():
-                    m.next = "BIN"
+                    goto("BIN")
             with m.State("BIN"):
                 count(self.cyc_total)
                 count(self.cyc_datm)
-                m.d.comb += [st["BIN"].eq(1), scanning.eq(1)]
                 with m.If(scan_done & ~hist.busy):
                     m.d.comb += [hist.dump.eq(1), hist.descending.eq(~final),
                                  thr.start.eq(1)]
-                    m.next = "THRESH"
+                    goto("THRESH")
             with m.State("THRESH"):
                 count(self.cyc_total)
                 count(self.cyc_datm)
@@ -645,31 +662,31 @@ class TokenMatcher(wiring.Component):
                                  dst_base.eq(n_dst)]
                     start_scan()
                     with m.If(final):
-                        m.next = "SELECT"
+                        goto("SELECT")
                     with m.Else():
-                        m.next = "PROMOTE"
+                        goto("PROMOTE")
             with m.State("PROMOTE"):
                 count(self.cyc_total)
                 count(self.cyc_datm)
-                m.d.comb += [st["PROMOTE"].eq(1), scanning.eq(1)]
                 with m.If(scan_done):
                     m.d.sync += rnd.eq(rnd + 1)
-                    m.next = "ROUND"
+                    goto("ROUND")
             with m.State("SELECT"):
                 count(self.cyc_total)
                 count(self.cyc_select)
-                m.d.comb += [st["SELECT"].eq(1), scanning.eq(1)]
                 with m.If(scan_done):
                     start_scan()
-                    m.next = "MAP"
+                    goto("MAP")
             with m.State("MAP"):
                 count(self.cyc_total)
                 count(self.cyc_map)
-                m.d.comb += [st["MAP"].eq(1), scanning.eq(1)]
                 with m.If(scan_done):
-                    m.next = "DONE"
+                    goto("DONE")
             with m.State("DONE"):
-                m.d.sync += self.done.eq(1)
-                m.next = "IDLE"
-            m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+                m.d.sync += [self.done.eq(1), busy.eq(0)]
+                goto("IDLE")
+        # busy is a flip-flop (set on start, cleared on DONE -> IDLE), equal to "not IDLE":
+        # decoded from the state register it fed the top's start logic and came back to the
+        # state register's enable in one cycle (the UP5K's critical path at 31 MHz).
+        m.d.comb += self.busy.eq(busy)
         return m

@@ -55,7 +55,8 @@ class SimilarityLane(wiring.Component):
     params : OrbisParams
         Uses ``L``, ``B`` and ``D`` (the accumulator holds ``dist_bits``).
     sq_table : bool
-        Squarer as a constant table on the ``B+1``-bit difference (``True``) or a multiplier.
+        Squarer as a constant table on the ``B+1``-bit difference (``True``) or the split
+        squarer (two ``B/2``-bit tables and a ``B/2 x B/2`` shift-add product).
     tree_per_stage : int
         Adder-tree levels between pipeline registers.
 
@@ -91,11 +92,11 @@ class SimilarityLane(wiring.Component):
 
     @property
     def sq_stages(self) -> int:
-        """Registers of the squarer: 1 for the table; 3 for the multiplier (operand,
-        product, product again), so that both ends of the DSP block sit in flip-flops with no
-        other load and the placer can put them next to it (Yosys' ECP5 mapping leaves the
-        MULT18X18D's own registers unused; diff -> DSP -> square with the routing to and from
-        the DSP was the engine's critical path at 95 MHz)."""
+        """Registers of the squarer: 1 for the table; 3 for the split squarer (``|d|``,
+        partial products, sum). The split squarer replaced a ``d * d`` multiplier that
+        synthesis put in a DSP block: Yosys' ECP5 mapping leaves the MULT18X18D's own
+        registers unused, and the routing to and from 64 DSP blocks limited the placed unit
+        to 70-90 MHz on ECP5."""
         return 1 if self._sq_table else 3
 
     @property
@@ -123,9 +124,23 @@ class SimilarityLane(wiring.Component):
                             for v in range(1 << (B + 1)))
                 m.d.sync += s.eq(tab[d.as_unsigned()])
             else:
-                dm = Signal(signed(B + 1), name=f"dmul{e}", reset_less=True)
-                pr = Signal(unsigned(sq_bits), name=f"prod{e}", reset_less=True)
-                m.d.sync += [dm.eq(d), pr.eq(dm * dm), s.eq(pr)]
+                # Split squarer, no multiplier: |d| = h * 2**k + l with k = B // 2, then
+                # |d|**2 = h**2 << 2k  |  l**2  +  h*l << (k + 1). h**2 and l**2 are tables on
+                # k-bit (4-bit at B = 8) inputs, one LUT4 per bit; h*l is four shifted and
+                # gated copies of h summed. Three registers: |d|; the three partial
+                # products; the sum.
+                k = B // 2
+                ad = Signal(unsigned(B), name=f"absd{e}", reset_less=True)
+                m.d.sync += ad.eq(Mux(d < 0, -d, d))
+                h, lo = ad[k:], ad[:k]
+                hh = Signal(unsigned(2 * (B - k)), name=f"hh{e}", reset_less=True)
+                ll = Signal(unsigned(2 * k), name=f"ll{e}", reset_less=True)
+                hl = Signal(unsigned(B), name=f"hl{e}", reset_less=True)
+                sq_h = Array(Const(v * v, 2 * (B - k)) for v in range(1 << (B - k)))
+                sq_l = Array(Const(v * v, 2 * k) for v in range(1 << k))
+                pp = [Mux(lo[i], h << i, 0) for i in range(k)]
+                m.d.sync += [hh.eq(sq_h[h]), ll.eq(sq_l[lo]), hl.eq(sum(pp))]
+                m.d.sync += s.eq(Cat(ll, hh) + (hl << (k + 1)))
             sq.append(s)
         level, depth = sq, 0
         while len(level) > 1:
@@ -169,8 +184,8 @@ class SimilarityEngine(wiring.Component):
         Uses ``N_max``, ``D``, ``L``, ``B`` and ``P``.
     sq_table : bool or None
         Squarer implementation: a constant table on the ``B+1``-bit difference (``True``) or
-        a multiplier ``diff * diff`` that synthesis maps to DSPs (``False``). Default:
-        table for ``B = 4``, multiplier for ``B = 8``.
+        the split squarer of :class:`SimilarityLane` (``False``, no multiplier, so no DSP
+        block). Default: table for ``B = 4``, split squarer for ``B = 8``.
     tree_per_stage : int
         Adder-tree levels between pipeline registers (default 2).
     fifo_depth : int or None
