@@ -180,6 +180,12 @@ class Histogram(wiring.Component):
         desc = Signal()
         ov = Signal()
         obin = Signal(bb)
+        olast = Signal()
+        # The output is driven outside the mode switch: ov is only ever set while dumping
+        # (and cleared on the way out), so the stream needs no decode of `mode` (it fed the
+        # threshold's arithmetic through two LUT levels), and `last` is a flip-flop.
+        m.d.comb += [self.o.valid.eq(ov), self.o.payload.bin.eq(obin),
+                     self.o.payload.count.eq(rp.data), self.o.payload.last.eq(ov & olast)]
 
         m.d.comb += self.i.ready.eq(mode == 0)
         m.d.sync += [vv.eq(self.i.valid & self.i.ready), vs.eq(self.i.payload >> self.shift),
@@ -206,14 +212,10 @@ class Histogram(wiring.Component):
                 adv = ~ov | self.o.ready
                 nxt = Mux(desc, NB - 1 - ctr[:bb], ctr[:bb])
                 m.d.comb += [rp.addr.eq(nxt), rp.en.eq(adv),
-                             self.o.valid.eq(ov),
-                             self.o.payload.bin.eq(obin),
-                             self.o.payload.count.eq(rp.data),
-                             self.o.payload.last.eq(ov & (ctr == NB)),
                              wp.addr.eq(obin), wp.data.eq(0),
                              wp.en.eq(ov & self.o.ready)]
                 with m.If(adv):
-                    m.d.sync += [ov.eq(ctr != NB), obin.eq(nxt)]
+                    m.d.sync += [ov.eq(ctr != NB), obin.eq(nxt), olast.eq(ctr == NB - 1)]
                     with m.If(ctr != NB):
                         m.d.sync += ctr.eq(ctr + 1)
                     with m.Else():

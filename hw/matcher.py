@@ -273,6 +273,10 @@ class TokenMatcher(wiring.Component):
         quota_eff = Mux(cfg.quota < stay, cfg.quota, stay)
         m.d.sync += thr_k.eq(Mux(final, cfg.r, quota_eff))
         m.d.comb += thr.k.eq(thr_k)
+        # The histogram only streams while dumping, which the FSM starts on its way into
+        # THRESH and which ends (last bin) before THRESH does, so the connection needs no
+        # state decode.
+        wiring.connect(m, hist.o, thr.i)
 
         # One-hot flags of the FSM states that drive the shared datapath (flip-flops, set by
         # the FSM's transitions: see goto).
@@ -303,14 +307,20 @@ class TokenMatcher(wiring.Component):
         scan_n = Signal(cb)
         scanning = Signal()
         cred = Signal(range(Q + 1), init=Q)
+        # The comparisons of scan_n and cred are flip-flops updated with them (scan_end is
+        # scan_n == N, cred_full cred == Q, cred_nz cred != 0), so the issue and the FSM's
+        # end-of-pass test read no comparator: scan_done is one LUT from flip-flops.
+        scan_end = Signal(init=1)
+        cred_full = Signal(init=1)
+        cred_nz = Signal(init=1)
         iss = Signal()
-        m.d.comb += iss.eq(scanning & (scan_n != N) & (cred != 0))
+        m.d.comb += iss.eq(scanning & ~scan_end & cred_nz)
         with m.If(iss):
-            m.d.sync += scan_n.eq(scan_n + 1)
+            m.d.sync += [scan_n.eq(scan_n + 1), scan_end.eq(scan_n + 1 == N)]
         # Every token has left the pipeline once its credit is back (tokens of a pass that
         # ends at stage B or D do not go further), so the pass is over.
         ov, sv = Signal(), Signal()     # engine skid buffer: output and skid entry valid
-        scan_done = (scan_n == N) & (cred == Q) & ~ov
+        scan_done = scan_end & cred_full & ~ov
         consuming = Signal()     # engine pass: best_r serves the result consumer
         m.d.comb += [kind_r.addr.eq(scan_n),
                      best_r.addr.eq(Mux(consuming, eng.o.payload.src, scan_n))]
@@ -385,7 +395,10 @@ class TokenMatcher(wiring.Component):
         m.d.comb += [sq.w_en.eq(enq_b | enq_c | enq_f),
                      drop.eq((b_pass & B["v"] & ~b_src) | (F["v"] & ~enq_f))]
         pop = sq.r_en & sq.r_rdy
-        m.d.sync += cred.eq(cred - iss + pop + drop)
+        cred_next = Signal.like(cred)
+        m.d.comb += cred_next.eq(cred - iss + pop + drop)
+        m.d.sync += [cred.eq(cred_next), cred_full.eq(cred_next == Q),
+                     cred_nz.eq(cred_next != 0)]
         # The queue entry's union fields overlap from bit 0; one field per pass.
         m.d.comb += q_in.pos.eq(M["pos"])
         with m.If(st["ENGINE"]):
@@ -512,7 +525,7 @@ class TokenMatcher(wiring.Component):
             m.d.sync += [n_dst.eq(n_dst + 1), n_src.eq(n_src - 1)]
 
         def start_scan():
-            m.d.sync += [scan_n.eq(0), B["n"].eq(0), F["n"].eq(0)]
+            m.d.sync += [scan_n.eq(0), scan_end.eq(N == 0), B["n"].eq(0), F["n"].eq(0)]
 
         def count(ctr):
             m.d.sync += ctr.eq(ctr + 1)
@@ -656,7 +669,6 @@ class TokenMatcher(wiring.Component):
             with m.State("THRESH"):
                 count(self.cyc_total)
                 count(self.cyc_datm)
-                wiring.connect(m, hist.o, thr.i)
                 with m.If(thr.done):
                     m.d.sync += [t.eq(thr.t), left.eq(thr.need), left_nz.eq(thr.need != 0),
                                  dst_base.eq(n_dst)]

@@ -201,6 +201,13 @@ class TokenReductionUnit(wiring.Component):
 
         call_error = Signal(2)
         m.d.comb += self.call_error.eq(call_error)
+        # The map reader's start, registered: rd_go (from this FSM's state, the call inputs
+        # and the blocks' busy) reaches the map buffer's read-side registers a cycle later,
+        # not in the same cycle (the UP5K's critical path at 35 MHz).
+        rd_go = Signal()
+        rd_start = Signal()
+        m.d.sync += rd_start.eq(rd_go)
+        m.d.comb += mb.rd_start.eq(rd_start)
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.call_start):
@@ -212,7 +219,7 @@ class TokenReductionUnit(wiring.Component):
                     with m.Else():
                         m.d.sync += call_error.eq(CallError.NO_MAP)
                 with m.Elif(self.map_read & have_map):
-                    m.d.comb += mb.rd_start.eq(1)
+                    m.d.comb += rd_go.eq(1)
                     m.d.sync += route.eq(2)
                     m.next = "MAP_OUT"
             with m.State("WAIT_MAP"):
@@ -233,7 +240,7 @@ class TokenReductionUnit(wiring.Component):
                 with m.State(f"{state}_START"):
                     m.d.comb += self.call_busy.eq(1)
                     with m.If(~block.busy):
-                        m.d.comb += [block.start.eq(1), mb.rd_start.eq(1)]
+                        m.d.comb += [block.start.eq(1), rd_go.eq(1)]
                         m.d.sync += route.eq(route_idx)
                         m.next = state
                 with m.State(state):
@@ -242,7 +249,7 @@ class TokenReductionUnit(wiring.Component):
                         m.next = after
             with m.State("MAP_OUT"):
                 m.d.comb += self.map_busy.eq(1)
-                with m.If(~mb.rd_busy):
+                with m.If(~mb.rd_busy & ~rd_start):
                     m.next = "IDLE"
 
         # ---- counters -----------------------------------------------------------------------
