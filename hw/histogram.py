@@ -192,21 +192,30 @@ class Histogram(wiring.Component):
                      ev.eq(vv), ve.eq(vs), ee.eq(bitlen(vs)),
                      v0.eq(ev), code0.eq(hist_code_from(p, ve, ee)),
                      v1.eq(v0), code1.eq(code0)]
-        m.d.comb += self.busy.eq(vv | ev | v0 | v1 | (mode != 0))
+        # busy is a flip-flop with the value of ``vv | ev | v0 | v1 | (mode != 0)``, computed
+        # from the next-state values: the matcher's end-of-pass test waits on it.
+        mode_next = Signal(2)
+        busy = Signal()
+        m.d.comb += mode_next.eq(mode)
+        m.d.sync += [mode.eq(mode_next),
+                     busy.eq((self.i.valid & self.i.ready) | vv | ev | v0 | (mode_next != 0))]
+        m.d.comb += self.busy.eq(busy)
 
         with m.Switch(mode):
             with m.Case(0):
                 m.d.comb += [rp.addr.eq(code0), rp.en.eq(1),
                              wp.addr.eq(code1), wp.data.eq(rp.data + 1), wp.en.eq(v1)]
                 with m.If(self.clear):
-                    m.d.sync += [mode.eq(1), ctr.eq(0)]
+                    m.d.comb += mode_next.eq(1)
+                    m.d.sync += ctr.eq(0)
                 with m.Elif(self.dump):
-                    m.d.sync += [mode.eq(2), ctr.eq(0), desc.eq(self.descending), ov.eq(0)]
+                    m.d.comb += mode_next.eq(2)
+                    m.d.sync += [ctr.eq(0), desc.eq(self.descending), ov.eq(0)]
             with m.Case(1):
                 m.d.comb += [wp.addr.eq(ctr), wp.data.eq(0), wp.en.eq(1)]
                 m.d.sync += ctr.eq(ctr + 1)
                 with m.If(ctr == NB - 1):
-                    m.d.sync += mode.eq(0)
+                    m.d.comb += mode_next.eq(0)
             with m.Case(2):
                 # Stage: ctr issues the read, (ov, obin) holds the bin whose count is on rp.data.
                 adv = ~ov | self.o.ready
@@ -219,5 +228,5 @@ class Histogram(wiring.Component):
                     with m.If(ctr != NB):
                         m.d.sync += ctr.eq(ctr + 1)
                     with m.Else():
-                        m.d.sync += mode.eq(0)
+                        m.d.comb += mode_next.eq(0)
         return m

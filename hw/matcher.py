@@ -473,18 +473,22 @@ class TokenMatcher(wiring.Component):
         m.d.comb += [loading.eq(st["LOAD"]), consuming.eq(st["ENGINE"]),
                      scanning.eq(st["LOAD"] | st["ENGINE"] | st["BIN"] | st["PROMOTE"] |
                                  st["SELECT"] | st["MAP"])]
-        in_more = loading & (in_tok < N)
+        # in_tok == N and out_tok == N as flip-flops updated with the counters (the counters
+        # count from 0 to N): the guide's valid/ready and the load's end read no comparator.
+        in_end = Signal()
+        out_end = Signal()
+        in_more = loading & ~in_end
         m.d.comb += [qz.i.payload.eq(self.guide.payload),
                      qz.i.valid.eq(self.guide.valid & in_more),
                      self.guide.ready.eq(qz.i.ready & in_more)]
         with m.If(self.guide.valid & self.guide.ready):
             m.d.sync += in_chunk.eq(Mux(in_chunk == p.chunks - 1, 0, in_chunk + 1))
             with m.If(in_chunk == p.chunks - 1):
-                m.d.sync += in_tok.eq(in_tok + 1)
+                m.d.sync += [in_tok.eq(in_tok + 1), in_end.eq(in_tok + 1 == N)]
         with m.If(qz.o.valid & qz.o.ready):
             m.d.sync += out_chunk.eq(Mux(out_chunk == p.chunks - 1, 0, out_chunk + 1))
             with m.If(out_chunk == p.chunks - 1):
-                m.d.sync += out_tok.eq(out_tok + 1)
+                m.d.sync += [out_tok.eq(out_tok + 1), out_end.eq(out_tok + 1 == N)]
 
         # ---- Per-pass wiring of the table writes and of the queue's consumer. ----
         m.d.comb += [
@@ -605,14 +609,15 @@ class TokenMatcher(wiring.Component):
                     m.d.comb += [qz.start.eq(1), eng.dst_clear.eq(1), hist.clear.eq(1)]
                     m.d.sync += [in_tok.eq(0), in_chunk.eq(0), out_tok.eq(0),
                                  out_chunk.eq(0), n_dst.eq(0), n_src.eq(N), dst_base.eq(0),
-                                 rnd.eq(0), dmax.eq(0)]
+                                 rnd.eq(0), dmax.eq(0), in_end.eq(N == 0),
+                                 out_end.eq(N == 0)]
                     start_scan()
                     goto("LOAD")
             with m.State("LOAD"):
                 # Guide load; the scanner clears the kind table meanwhile.
                 count(self.cyc_total)
                 count(self.cyc_load)
-                with m.If((out_tok == N) & scan_done & ~hist.busy):
+                with m.If(out_end & scan_done & ~hist.busy):
                     m.d.sync += init_start.eq(1)
                     goto("INIT0")
             with m.State("INIT0"):
