@@ -208,6 +208,13 @@ class TokenReductionUnit(wiring.Component):
         rd_start = Signal()
         m.d.sync += rd_start.eq(rd_go)
         m.d.comb += mb.rd_start.eq(rd_start)
+        # The map readout's end waits on the map buffer's rd_busy registered (rd_busy is a
+        # function of the buffer's output skid buffer: it reached this FSM's state register
+        # through six LUT levels). rd_busy rises the cycle after rd_start, its register a
+        # cycle later: rd_start and rd_start_d cover those two cycles.
+        rd_busy_r = Signal()
+        rd_start_d = Signal()
+        m.d.sync += [rd_busy_r.eq(mb.rd_busy), rd_start_d.eq(rd_start)]
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.call_start):
@@ -249,7 +256,7 @@ class TokenReductionUnit(wiring.Component):
                         m.next = after
             with m.State("MAP_OUT"):
                 m.d.comb += self.map_busy.eq(1)
-                with m.If(~mb.rd_busy & ~rd_start):
+                with m.If(~rd_busy_r & ~rd_start & ~rd_start_d):
                     m.next = "IDLE"
 
         # ---- counters -----------------------------------------------------------------------
