@@ -212,6 +212,11 @@ class TokenReductionUnit(wiring.Component):
         # function of the buffer's output skid buffer: it reached this FSM's state register
         # through six LUT levels). rd_busy rises the cycle after rd_start, its register a
         # cycle later: rd_start and rd_start_d cover those two cycles.
+        block_go = [Signal(name="merger_go"), Signal(name="unmerger_go")]
+        for go, block in zip(block_go, (mg, um)):
+            block_start = Signal(name=f"{go.name}_r")
+            m.d.sync += block_start.eq(go)
+            m.d.comb += block.start.eq(block_start)
         rd_busy_r = Signal()
         rd_start_d = Signal()
         m.d.sync += [rd_busy_r.eq(mb.rd_busy), rd_start_d.eq(rd_start)]
@@ -242,12 +247,16 @@ class TokenReductionUnit(wiring.Component):
                     m.next = "IDLE"
             # A pass: start the block (once it is idle: the merger clears its memories after
             # a reset), stream the front map to it, wait for its done, go on.
+            # The block's start is registered like the map reader's (block_go one cycle
+            # before): both arrive together, a cycle after this state. The block's busy
+            # cannot rise in between (only start raises it) and its done is a one-cycle
+            # pulse at the end of the pass.
             passes = [("MERGE", mg, 0, "UNMERGE_START"), ("UNMERGE", um, 1, "IDLE")]
             for state, block, route_idx, after in passes:
                 with m.State(f"{state}_START"):
                     m.d.comb += self.call_busy.eq(1)
                     with m.If(~block.busy):
-                        m.d.comb += [block.start.eq(1), rd_go.eq(1)]
+                        m.d.comb += [block_go[route_idx].eq(1), rd_go.eq(1)]
                         m.d.sync += route.eq(route_idx)
                         m.next = state
                 with m.State(state):
