@@ -99,7 +99,8 @@ class MapBuffer(wiring.Component):
 
         # Write side: back bank, token order.
         waddr = Signal(p.count_bits)
-        m.d.comb += [self.w_count.eq(waddr), self.w.ready.eq(waddr < p.N_max)]
+        w_full = Signal()       # waddr == N_max, a flip-flop updated with waddr: w.ready
+        m.d.comb += [self.w_count.eq(waddr), self.w.ready.eq(~w_full)]
         for i, (wp, _) in enumerate(banks):
             m.d.comb += [
                 wp.addr.eq(waddr),
@@ -107,9 +108,9 @@ class MapBuffer(wiring.Component):
                 wp.en.eq(self.w.valid & self.w.ready & (front != i)),
             ]
         with m.If(self.w.valid & self.w.ready):
-            m.d.sync += waddr.eq(waddr + 1)
+            m.d.sync += [waddr.eq(waddr + 1), w_full.eq(waddr + 1 == p.N_max)]
         with m.If(self.w_start):
-            m.d.sync += waddr.eq(0)
+            m.d.sync += [waddr.eq(0), w_full.eq(0)]
 
         # Read side, four registered stages: issue (raddr), the read ports (their data holds
         # while the enable is low), one capture register per bank (read data straight into

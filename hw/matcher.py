@@ -275,8 +275,11 @@ class TokenMatcher(wiring.Component):
         m.d.comb += thr.k.eq(thr_k)
         # The histogram only streams while dumping, which the FSM starts on its way into
         # THRESH and which ends (last bin) before THRESH does, so the connection needs no
-        # state decode.
-        wiring.connect(m, hist.o, thr.i)
+        # state decode. The threshold is always ready, so the stream goes through one
+        # register: the histogram's counter read (LUT RAM and its multiplexer on ECP5) and
+        # the threshold's subtract-and-compare were one path (94 MHz).
+        m.d.comb += hist.o.ready.eq(1)      # Threshold.i is always ready
+        m.d.sync += [thr.i.valid.eq(hist.o.valid), thr.i.payload.eq(hist.o.payload)]
 
         # One-hot flags of the FSM states that drive the shared datapath (flip-flops, set by
         # the FSM's transitions: see goto).

@@ -15,7 +15,7 @@ minimum of its stored best and the new result, which equals a full recomputation
     q_eff[k]   = min(quota, n_src[k] - r)               (promotions of round k < R)
     new[k+1]   = q_eff[k];  n_dst[k+1] = n_dst[k] + q_eff[k];  n_src[k] = N - n_dst[k]
     engine[k]  = ceil(n_src[k] * ceil(new[k] / P) * C / util) + e_pipe   (0 if new[k] = 0)
-    bin[k]     = N + NB + c_pass                        binning scan + threshold dump
+    bin[k]     = N + NB + 1 + c_pass                    binning scan + threshold dump
     promote[k] = max(N, q_eff[k] * (C + 1)) + c_pass    k < R: scan; dst copies overlap it
     load       = N * C + 4                              guide beats through the quantizer
     init       = n_windows * max(C + 1, 9) + 7          a dst copy per window, or DstInit's
@@ -51,8 +51,8 @@ __all__ = ["n_windows", "matcher_cycles", "attention_cycles", "RTL_CALL", "calib
 RTL_CALL = dict(
     config=dict(F=8, H=8, W=8, D=64, P=8, L=8, NB=64, R=2, quota=32, r=256,
                 window=(2, 2, 2)),
-    cycles=dict(load=4100, init=583, engine=[28702, 13342, 12318], datm=2825, select=519,
-                map=519, total=62914),
+    cycles=dict(load=4100, init=583, engine=[28702, 13342, 12318], datm=2828, select=519,
+                map=519, total=62917),
 )
 
 #: DstInit's cycles per window (``hw.dstinit.CYCLES_PER_WINDOW``) and its start latency.
@@ -63,6 +63,9 @@ INIT_SETUP = 7
 #: later; map: enqueue at stage 4, two cycles through the output queue, credit back).
 SELECT_EXTRA = 7
 MAP_EXTRA = 7
+#: The register between the histogram's dump and the threshold (hw/matcher.py): one cycle
+#: per binning pass.
+THRESH_REG = 1
 #: Config check states at ``start`` (counted in the total only).
 CHECK_CYCLES = 6
 
@@ -120,7 +123,7 @@ def matcher_cycles(*, F: int, H: int, W: int, D: int, P: int, L: int, R: int, qu
         engine_ideal += n_src * new * C / P
         eng = math.ceil(work / util) + e_pipe if new and n_src else 0
         q = max(0, min(quota, n_src - r if r is not None else n_src)) if k < R else 0
-        b = N + NB + c_pass
+        b = N + NB + THRESH_REG + c_pass
         pr = max(N, q * (C + 1)) + c_pass if k < R else 0
         passes.append(dict(n_dst=n_dst, new=new, n_src=n_src, engine=eng, bin=b, promote=pr,
                            overhead=b + pr))
