@@ -187,7 +187,8 @@ class Histogram(wiring.Component):
         m.d.comb += [self.o.valid.eq(ov), self.o.payload.bin.eq(obin),
                      self.o.payload.count.eq(rp.data), self.o.payload.last.eq(ov & olast)]
 
-        m.d.comb += self.i.ready.eq(mode == 0)
+        i_ready = Signal(init=1)    # mode == 0, a flip-flop (set from mode_next below)
+        m.d.comb += self.i.ready.eq(i_ready)
         m.d.sync += [vv.eq(self.i.valid & self.i.ready), vs.eq(self.i.payload >> self.shift),
                      ev.eq(vv), ve.eq(vs), ee.eq(bitlen(vs)),
                      v0.eq(ev), code0.eq(hist_code_from(p, ve, ee)),
@@ -197,7 +198,7 @@ class Histogram(wiring.Component):
         mode_next = Signal(2)
         busy = Signal()
         m.d.comb += mode_next.eq(mode)
-        m.d.sync += [mode.eq(mode_next),
+        m.d.sync += [mode.eq(mode_next), i_ready.eq(mode_next == 0),
                      busy.eq((self.i.valid & self.i.ready) | vv | ev | v0 | (mode_next != 0))]
         m.d.comb += self.busy.eq(busy)
 

@@ -307,7 +307,7 @@ def test_zero_tokens_and_n_kept():
 
 @pytest.mark.parametrize("mode", ["replace", "mean"])
 def test_preset_shapes(request, mode):
-    """ice40-small and ecp5-default widths (Lx = Dx = 8; Dx = 64 in 8 beats)."""
+    """ice40-small and ecp5-default widths (Dx = 8 in 2 beats; Dx = 64 in 8 beats)."""
     seed = seed_of(request)
     rng = np.random.default_rng(seed)
     for name, shape in (("ice40-small", (2, 4, 5)), ("ecp5-default", (2, 3, 3))):
