@@ -87,6 +87,7 @@ from . import layouts
 from .dstinit import DstInit, check_params
 from .histogram import Histogram, bitlen, hist_code_from, hist_shift
 from .params import OrbisParams, ParamError, ceil_log2
+from .skid import SkidBuffer
 from .threshold import Threshold
 
 __all__ = ["TokenMatcher", "matcher_config", "MatcherError"]
@@ -416,8 +417,14 @@ class TokenMatcher(wiring.Component):
         # Skid buffer between the queue and the engine's src / dst_load ports: its input
         # ready is a register, so the engine's ready (a deep function of the engine's state)
         # stops at these few registers instead of reaching the queue and the credit counter.
+        # The engine's src.ready is a function of its issue state; a second, standard skid
+        # buffer in front of eng.src makes the ready this buffer sees a flip-flop too (the
+        # src path limited the UP5K placement: engine issue state -> src.ready -> od).
+        # dst_load.ready is a register in the engine already.
+        m.submodules.src_skid = src_skid = SkidBuffer(unsigned(ib))
+        wiring.connect(m, src_skid.o, eng.src)
         e_pass = st["ENGINE"] | st["PROMOTE"]
-        e_ready = Mux(st["ENGINE"], eng.src.ready, eng.dst_load.ready)
+        e_ready = Mux(st["ENGINE"], src_skid.i.ready, eng.dst_load.ready)
         od = Signal(ib, reset_less=True)
         sd = Signal(ib, reset_less=True)
         e_in = e_pass & sq.r_rdy & ~sv          # a src / promoted dst enters the skid
@@ -467,6 +474,11 @@ class TokenMatcher(wiring.Component):
             m.d.sync += recv.eq(recv + 1)
         results_done = (recv == pushed) & ~v1 & ~v2 & ~v3
 
+        # DstInit's output goes through a skid buffer, so its ready is a flip-flop: the
+        # engine's dst_load.ready no longer reaches DstInit's window registers (UP5K path).
+        # It only produces during INIT (started in INIT0), so the connection needs no gate.
+        m.submodules.dinit_skid = dskid = SkidBuffer(unsigned(ib))
+        wiring.connect(m, dinit.o, dskid.i)
         # DstInit's start as a flip-flop of its own, high in INIT0 (see INIT0).
         init_start = Signal()
         m.d.comb += dinit.start.eq(init_start)
@@ -497,24 +509,24 @@ class TokenMatcher(wiring.Component):
         m.d.comb += [
             # Table writes from stage F (LOAD clears to src, PROMOTE marks dst, SELECT
             # merges); INIT writes the dst straight from DstInit.
-            kind_w.addr.eq(Mux(st["INIT"], dinit.o.payload, F["n"])),
+            kind_w.addr.eq(Mux(st["INIT"], dskid.o.payload, F["n"])),
             kind_w.data.eq(Mux(st["LOAD"], _SRC, Mux(st["SELECT"], _MERGED, _DST))),
             kind_w.en.eq((st["LOAD"] & F["v"]) | (st["PROMOTE"] & prom) |
                          (st["SELECT"] & merge) |
-                         (st["INIT"] & dinit.o.valid & dinit.o.ready)),
+                         (st["INIT"] & dskid.o.valid & dskid.o.ready)),
             pos_w.addr.eq(F["n"]), pos_w.data.eq(kept), pos_w.en.eq(st["SELECT"] & keep),
             take_t.eq(F["eq"] & ((st["PROMOTE"] & prom) | (st["SELECT"] & merge))),
             sq.r_en.eq((e_pass & ~sv) | (st["BIN"] & hist.i.ready) |
                        (st["MAP"] & self.map.ready)),
-            eng.src.valid.eq(st["ENGINE"] & ov), eng.src.payload.eq(od),
+            src_skid.i.valid.eq(st["ENGINE"] & ov), src_skid.i.payload.eq(od),
             hist.i.valid.eq(st["BIN"] & sq.r_rdy), hist.i.payload.eq(q_out.u.dist),
             self.map.valid.eq(st["MAP"] & sq.r_rdy),
             self.map.payload.kind.eq(q_out.u.kt.kind),
             self.map.payload.target.eq(q_out.u.kt.target),
             self.map.payload.pos.eq(q_out.pos),
-            eng.dst_load.valid.eq(Mux(st["INIT"], dinit.o.valid, st["PROMOTE"] & ov)),
-            eng.dst_load.payload.eq(Mux(st["INIT"], dinit.o.payload, od)),
-            dinit.o.ready.eq(st["INIT"] & eng.dst_load.ready),
+            eng.dst_load.valid.eq(Mux(st["INIT"], dskid.o.valid, st["PROMOTE"] & ov)),
+            eng.dst_load.payload.eq(Mux(st["INIT"], dskid.o.payload, od)),
+            dskid.o.ready.eq(st["INIT"] & eng.dst_load.ready),
         ]
         with m.If(st["SELECT"]):
             with m.If(merge):
@@ -635,7 +647,7 @@ class TokenMatcher(wiring.Component):
             with m.State("INIT"):
                 count(self.cyc_total)
                 count(self.cyc_init)
-                with m.If(~dinit.busy):
+                with m.If(~dinit.busy & ~dskid.busy):
                     with m.If(~cfg.budget & (cfg.r > n_src)):
                         m.d.sync += [self.error.eq(1), self.error_code.eq(MatcherError.R)]
                         goto("DONE")
