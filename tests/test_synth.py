@@ -187,9 +187,9 @@ def test_cycle_model_formula():
                                   e_pipe=5, c_pass=7)
     assert m["passes"] == [dict(n_dst=8, new=8, n_src=56, engine=56 * 3 * 2 + 5,
                                 bin=64 + 16 + 1 + 7, promote=0, overhead=64 + 16 + 1 + 7)]
-    # check 6, load N*C + 4, init 8 windows at DstInit's 9 cycles (> C + 1) + 7, bin
+    # check 6, load N*C + 4, init 8 windows at DstInit's 9 cycles (> C + 1) + 8, bin
     # N + NB + 1 (threshold input register) + c_pass, select N + 7, map N + 7
-    assert m["total"] == 6 + (64 * 2 + 4) + (8 * 9 + 7) + (56 * 3 * 2 + 5) + (64 + 16 + 1 + 7) \
+    assert m["total"] == 6 + (64 * 2 + 4) + (8 * 9 + 8) + (56 * 3 * 2 + 5) + (64 + 16 + 1 + 7) \
         + (64 + 7) + (64 + 7)
     # Incremental rounds: pass k > 0 compares the remaining src with the new dst only;
     # a round promotes quota src, bounded by the src that stay kept (56 - r).

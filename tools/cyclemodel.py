@@ -18,7 +18,7 @@ minimum of its stored best and the new result, which equals a full recomputation
     bin[k]     = N + NB + 1 + c_pass                    binning scan + threshold dump
     promote[k] = max(N, q_eff[k] * (C + 1)) + c_pass    k < R: scan; dst copies overlap it
     load       = N * C + 4                              guide beats through the quantizer
-    init       = n_windows * max(C + 1, 9) + 7          a dst copy per window, or DstInit's
+    init       = n_windows * max(C + 1, 9) + 8          a dst copy per window, or DstInit's
                                                         9 cycles per window if slower
     select     = N + 7;  map = N + 7                    one token per cycle plus the
                                                         scanner's fill and drain
@@ -51,13 +51,13 @@ __all__ = ["n_windows", "matcher_cycles", "attention_cycles", "RTL_CALL", "calib
 RTL_CALL = dict(
     config=dict(F=8, H=8, W=8, D=64, P=8, L=8, NB=64, R=2, quota=32, r=256,
                 window=(2, 2, 2)),
-    cycles=dict(load=4100, init=583, engine=[28702, 13342, 12318], datm=2828, select=519,
-                map=519, total=62917),
+    cycles=dict(load=4100, init=584, engine=[28702, 13342, 12318], datm=2828, select=519,
+                map=519, total=62918),
 )
 
 #: DstInit's cycles per window (``hw.dstinit.CYCLES_PER_WINDOW``) and its start latency.
 INIT_CYCLES_PER_WINDOW = 9
-INIT_SETUP = 7
+INIT_SETUP = 8
 #: Scan passes without a stalling consumer: N cycles plus the scanner pipeline's fill and
 #: drain (selection: decision at stage ``hw.matcher.SCAN_STAGES``, credit back a cycle
 #: later; map: enqueue at stage 4, two cycles through the output queue, credit back).
