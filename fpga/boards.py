@@ -64,17 +64,17 @@ class BoardSpec:
 
 
 # The token-reduction unit at plain ice40-small plus the link needs more than the UP5K's 5280
-# logic cells (docs/fpga.md). The iCEBreaker build therefore narrows the datapaths: 2 guide
-# elements per lane-cycle (quantizer and similarity lanes halve), one dst lane, D = 8, 2
-# activation elements of 4 bits per token (one beat), at most 32 tokens per call (narrower
-# counters and address paths; e.g. 2x4x4 grids), 16 histogram bins and no coverage round
-# (R = 0). The fmax pipelining of issue 6 (skid buffers on every stream, the matcher's scan
-# pipeline) added about 560 cells at the previous override (N_max=64, L=2, P=1, Dx=Lx=4,
-# R=1: 5560 cells, does not place; with Lx=2, R=0, NB=16 still 5377); this setting needs
-# 5161 (97 %) and meets the 12 MHz clock (20.0 MHz). The fixed control logic of the unit
-# and the link dominates at this size.
+# logic cells (docs/fpga.md). The iCEBreaker build therefore narrows the datapaths: one guide
+# element per lane-cycle (one quantizer lane, one squarer per similarity lane), one dst lane,
+# D = 8, 2 activation elements of 4 bits per token (one beat), at most 32 tokens per call
+# (narrower counters and address paths; e.g. 2x4x4 grids), 16 histogram bins and no coverage
+# round (R = 0). The fmax pipelining of issue 6 (skid buffers on every stream, the matcher's
+# scan pipeline, registered control) added about 660 cells: the previous override (L = 2)
+# grew from 5161 to 5259 cells (99 %) and nextpnr no longer legalised it in minutes; with
+# L = 1 the build needs 4963 (93 %) and meets the 12 MHz clock (21.8 MHz). The fixed control
+# logic of the unit and the link dominates at this size.
 # Matching is exact (golden model) at any setting; L and P only change the cycle count.
-ICEBREAKER_OVERRIDES = (("N_max", 32), ("D", 8), ("L", 2), ("P", 1), ("Dx", 2), ("Wx", 4),
+ICEBREAKER_OVERRIDES = (("N_max", 32), ("D", 8), ("L", 1), ("P", 1), ("Dx", 2), ("Wx", 4),
                         ("Lx", 2), ("NB", 16), ("R", 0))
 
 BOARDS = {

@@ -19,7 +19,7 @@ Call protocol (both blocks)
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -489,7 +489,6 @@ class Unmerger(wiring.Component):
         m.submodules.out = out = SkidBuffer(layouts.x_beat(p))
         have = Signal()
         addr = Signal(range(depth + 1))
-        rd_addr = Signal(range(depth + 1))      # address of the beat in the read stage
         beat = Signal(beat_w)
         last = Signal()
         v_rd = Signal()                     # the read ports hold a beat
@@ -504,18 +503,12 @@ class Unmerger(wiring.Component):
             adv.eq(~v_rd | adv_cap),
             issue.eq(have & (addr < w) & adv),
             take_map.eq(~have | (issue & last)),
-            # The read port reads every cycle; while the pipeline stalls it re-reads the
-            # held beat's address (rd_addr), so its data holds without an enable. (With an
-            # enable, Yosys' ECP5 mapping emulates the hold with a register and a LUT in
-            # front of the capture register, and the placer then put that register far from
-            # the DP16KD: clock-to-out 5.8 ns + 4.3 ns of routing, the unit's critical
-            # path.) Reads never meet the write (addr < w), so re-reading is safe.
-            ym.raddr.eq(Mux(adv, addr, rd_addr)), ym.re.eq(1),
+            ym.raddr.eq(addr), ym.re.eq(adv),
             out.i.valid.eq(v_cap), out.i.payload.eq(cap),
         ]
         wiring.connect(m, out.o, wiring.flipped(self.o))
         with m.If(adv):
-            m.d.sync += [v_rd.eq(issue), rd_addr.eq(addr)]
+            m.d.sync += v_rd.eq(issue)
         with m.If(adv_cap):
             # Read data straight into flip-flops (their enable), no logic in between.
             m.d.sync += [v_cap.eq(v_rd), cap.data.eq(ym.rdata)]

@@ -3,7 +3,7 @@
 The configuration is the board's own (``make bitstream BOARD=icebreaker``): the
 token-reduction unit (core ``tru``) at ``ice40-small`` with the iCEBreaker overrides
 (``fpga.boards.ICEBREAKER_OVERRIDES``), which is the smallest configuration of the real unit
-the board runs: 5161 of 5280 logic cells after the fmax pipelining of issue 6, because the
+the board runs: 4963 of 5280 logic cells after the fmax pipelining of issue 6, because the
 fixed control logic of the unit and the link dominates at this size. An iCE40 UP5K bitstream
 is always 104,090 bytes; the test also checks that every resource fits and that timing is met
 at the board's 12 MHz. It is skipped when the tools of the ``tools`` extra are not installed.
