@@ -543,6 +543,12 @@ class TokenMatcher(wiring.Component):
                   (st["INIT"] & eng.dst_load.valid & eng.dst_load.ready)):
             m.d.sync += [n_dst.eq(n_dst + 1), n_src.eq(n_src - 1)]
 
+        # ROUND's test "new dst to compare and src left", registered: n_dst, n_src and
+        # dst_base settle at least a cycle before ROUND (the last dst transfer of INIT or
+        # PROMOTE precedes the state's exit test by a cycle), so the flip-flop is current.
+        new_work = Signal()
+        m.d.sync += new_work.eq((n_dst != dst_base) & (n_src != 0))
+
         def start_scan():
             m.d.sync += [scan_n.eq(0), scan_end.eq(N == 0), B["n"].eq(0), F["n"].eq(0)]
 
@@ -656,7 +662,7 @@ class TokenMatcher(wiring.Component):
             with m.State("ROUND"):
                 count(self.cyc_total)
                 count(self.cyc_datm)
-                with m.If((n_dst != dst_base) & (n_src != 0)):
+                with m.If(new_work):
                     m.d.sync += [pushed.eq(0), recv.eq(0), dmax.eq(0)]
                     start_scan()
                     goto("ENGINE")
