@@ -183,10 +183,12 @@ def default_quota(n_tokens: int) -> int:
 PRESETS = {
     # iCEBreaker (iCE40 UP5K): 5280 LUTs, 8 DSPs, 30 EBRs. B = 4 and NB = 32 to fit; with 32
     # bins, hist_mant = 3 would leave a 6-bit distance range, so 2 (9 bits). R = 2 keeps the
-    # per-round counters small. L = 2 and Lx = 4 (half the lanes of the first version): the
-    # pipelined unit at L = 4, Lx = 8 took 5,200 of the 5,280 logic cells and no longer
-    # placed with its measurement harness; at L = 2, Lx = 4 it takes about 4,450.
-    "ice40-small": OrbisParams(N_max=256, D=16, B=4, P=2, L=2, Dx=8, Wx=8, Lx=4, NB=32,
+    # per-round counters small. N_max = 128, P = 1, L = 2, Lx = 4 (the first version had
+    # N_max = 256, P = 2, L = 4, Lx = 8): with the pipelining and registered control of the
+    # fmax work the unit at the first setting took 5,200 of the 5,280 logic cells and did not
+    # place with its measurement harness; L = 2, Lx = 4 still filled 91 % and nextpnr's
+    # placement failed or ran at 36-40 MHz; this setting fills 83 % (with the harness).
+    "ice40-small": OrbisParams(N_max=128, D=16, B=4, P=1, L=2, Dx=8, Wx=8, Lx=4, NB=32,
                                hist_mant=2, R=2),
     # ULX3S (ECP5-85F).
     "ecp5-default": OrbisParams(N_max=1024, D=64, B=8, P=8, L=8, Dx=64, Wx=16, Lx=8, NB=64,
