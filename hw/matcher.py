@@ -590,21 +590,17 @@ class TokenMatcher(wiring.Component):
                                  self.cyc_select.eq(0), self.cyc_map.eq(0),
                                  self.cyc_engine.eq(0)]
                     goto("CHECK1")
-            with m.State("CHECK1"):
-                count(self.cyc_total)
-                m.d.sync += [mul_a.eq(cfg.F), mul_b.eq(cfg.H)]
-                goto("CHECK2")
-            with m.State("CHECK2"):
-                count(self.cyc_total)
-                goto("CHECK3")
-            with m.State("CHECK3"):
-                count(self.cyc_total)
-                m.d.sync += [mul_a.eq(Mux(mul_p > p.N_max, p.N_max + 1, mul_p)),
-                             mul_b.eq(cfg.W)]
-                goto("CHECK4")
-            with m.State("CHECK4"):
-                count(self.cyc_total)
-                goto("CHECK5")
+            # Two products on the shared multiplier, each a load state then a wait state
+            # (the product is registered on both sides): F*H, then min(F*H, N_max+1)*W.
+            products = [(cfg.F, cfg.H), (Mux(mul_p > p.N_max, p.N_max + 1, mul_p), cfg.W)]
+            for k, (a, b) in enumerate(products):
+                with m.State(f"CHECK{2 * k + 1}"):
+                    count(self.cyc_total)
+                    m.d.sync += [mul_a.eq(a), mul_b.eq(b)]
+                    goto(f"CHECK{2 * k + 2}")
+                with m.State(f"CHECK{2 * k + 2}"):
+                    count(self.cyc_total)
+                    goto(f"CHECK{2 * k + 3}")
             with m.State("CHECK5"):
                 count(self.cyc_total)
                 m.d.sync += N.eq(mul_p)

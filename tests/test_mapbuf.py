@@ -18,6 +18,17 @@ def as_tuple(e):
     return (int(e.kind), int(e.target), int(e.pos))
 
 
+async def swap_and_read(ctx, dut, n):
+    """Make the back bank the front (swap pulse), then start a read pass of ``n`` entries."""
+    ctx.set(dut.swap, 1)
+    await ctx.tick()
+    ctx.set(dut.swap, 0)
+    ctx.set(dut.rd_count, n)
+    ctx.set(dut.rd_start, 1)
+    await ctx.tick()
+    ctx.set(dut.rd_start, 0)
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_overlapped_write_and_read(seed):
     p = preset("ice40-small").with_(N_max=40)
@@ -77,13 +88,7 @@ def test_overlapped_write_and_read(seed):
         assert not ctx.get(dut.rd_busy)
         assert ctx.get(dut.w_count) == len(second)
         # Now the second map becomes the front.
-        ctx.set(dut.swap, 1)
-        await ctx.tick()
-        ctx.set(dut.swap, 0)
-        ctx.set(dut.rd_count, len(second))
-        ctx.set(dut.rd_start, 1)
-        await ctx.tick()
-        ctx.set(dut.rd_start, 0)
+        await swap_and_read(ctx, dut, len(second))
         second_got = []
         while len(second_got) < len(second):
             ready = rng.random() < 0.5
@@ -125,13 +130,7 @@ def test_read_line_rate(bp):
             ctx.set(dut.w.payload, e)
             await ctx.tick().until(dut.w.ready)
         ctx.set(dut.w.valid, 0)
-        ctx.set(dut.swap, 1)
-        await ctx.tick()
-        ctx.set(dut.swap, 0)
-        ctx.set(dut.rd_count, len(ents))
-        ctx.set(dut.rd_start, 1)
-        await ctx.tick()
-        ctx.set(dut.rd_start, 0)
+        await swap_and_read(ctx, dut, len(ents))
         while len(got) < len(ents):
             ready = rng.random() >= bp
             ctx.set(dut.r.ready, ready)
